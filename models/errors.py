@@ -1,0 +1,85 @@
+"""Named errors of the model layer.
+
+Every failure a caller can act on has its own class; ``serve_app`` maps them to HTTP statuses in one
+place (``serve_app/errors.py``). Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class SuperResError(Exception):
+    """Base class of every error raised by ``models``."""
+
+
+# --- models and weights -------------------------------------------------------------------------
+
+
+class ModelError(SuperResError):
+    """A model cannot be used."""
+
+
+class UnknownModelError(ModelError, KeyError):
+    """No model of that name is registered."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        self.name = name
+        hint = f"; known models: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"unknown model {name!r}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class WeightsUnavailableError(ModelError):
+    """No source of a model's weights could be reached (or none is configured)."""
+
+
+class WeightsVerificationError(ModelError):
+    """A weights file does not match its pinned size or sha256."""
+
+
+class UnsupportedModelError(ModelError):
+    """A weights file holds an architecture we cannot load, or one of the wrong kind."""
+
+
+class ModelNotReadyError(ModelError):
+    """The model is known but not loaded on this replica (yet, or because loading failed)."""
+
+
+# --- options ------------------------------------------------------------------------------------
+
+
+class InvalidOptionError(SuperResError, ValueError):
+    """A request option is out of range or does not apply to the chosen model."""
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+class ImageError(SuperResError):
+    """The input is not an image we can process."""
+
+
+class EmptyInputError(ImageError):
+    """Zero bytes were sent."""
+
+
+class UnsupportedImageTypeError(ImageError):
+    """The bytes are not an image format we accept (PNG, JPEG, WebP, and a few others decoded)."""
+
+
+class CorruptImageError(ImageError):
+    """The bytes claim a supported format but do not decode (truncated, damaged)."""
+
+
+class AnimatedImageError(ImageError):
+    """Animated images (APNG, animated WebP/GIF) are refused rather than silently flattened."""
+
+
+class ImageTooLargeError(ImageError):
+    """Input over a byte, pixel or output-size limit; also raised for decompression bombs."""
+
+    def __init__(self, message: str, *, limit: int | None = None, actual: int | None = None):
+        super().__init__(message)
+        self.limit = limit
+        self.actual = actual

@@ -1,0 +1,401 @@
+"""Bytes ↔ :class:`~models.image.Image`: sniff, decode within limits, encode PNG / JPEG / WebP.
+
+The type is sniffed from the bytes (magic numbers), never from a file name or a client's content type.
+Every kind comes back as the same kind: gray stays gray, alpha stays alpha, 16-bit PNG stays 16-bit.
+Decisions:
+
+* Animated images (APNG, animated WebP, GIF with several frames, multi-page TIFF) are refused with
+  :class:`AnimatedImageError`: upscaling one frame and returning a still would silently drop the rest,
+  and upscaling every frame multiplies the cost by the frame count. A JPEG's extra MPO frames
+  (previews, depth maps from phone cameras) are not animation: the primary image is used.
+* Pillow decodes 16-bit colour PNGs only as 8-bit, so those go through OpenCV; we write 16-bit PNGs
+  ourselves (a few lines of zlib) so that gray + alpha and the ICC profile survive, which
+  ``cv2.imencode`` cannot do. Other 16-bit colour inputs (TIFF) are read as 8-bit.
+* 16-bit images written as JPEG or WebP are reduced to 8-bit; gray images written as WebP become RGB
+  (WebP has no gray mode). Alpha to JPEG is refused rather than flattened.
+* The EXIF orientation is applied to the pixels and EXIF is not written back (it would rotate twice;
+  it also drops location data). The ICC profile is kept, except a CMYK one: CMYK is converted to RGB
+  without colour management, so its profile no longer describes the pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+from PIL import Image as PILImage
+
+from models.errors import (
+    AnimatedImageError,
+    CorruptImageError,
+    EmptyInputError,
+    ImageError,
+    ImageTooLargeError,
+    InvalidOptionError,
+    UnsupportedImageTypeError,
+)
+from models.image import Image
+
+FORMATS = ("png", "jpeg", "webp")
+"""Formats we write (and read)."""
+INPUT_FORMATS = (*FORMATS, "gif", "bmp", "tiff")
+"""Formats we read; an image read from the last three is written as PNG unless told otherwise."""
+DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
+# zlib level for PNG. On a 2048² upscaled photo: level 6 (Pillow's default) 2.8 s / 3.55 MB,
+# level 3 0.9 s / 3.93 MB, level 1 0.5 s / 4.2 MB. Outputs are large, so encode time matters more.
+PNG_COMPRESS_LEVEL = 3
+
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_PILLOW_NAMES = {f: f.upper() for f in INPUT_FORMATS}
+_MAX_SIDE = {"jpeg": 65_500, "webp": 16_383}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+# Pillow mode → the mode we convert to before reading the pixels; anything else is refused.
+_TARGET_MODES = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "La": "LA",
+    "P": "RGB",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+}
+# EXIF orientation → (transpose, flip vertically, flip horizontally), as ImageOps.exif_transpose does.
+_ORIENTATIONS = {
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one request may send and ask for. Pixel limits are checked from the header, before decoding.
+
+    Pillow's own bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 MP) still applies on top of
+    ``max_pixels``.
+    """
+
+    max_bytes: int = 50_000_000
+    max_pixels: int = 50_000_000
+    # The output canvas is float32 in host memory: 128 MP is 1.5 GB for RGB (12 B/px), 2 GB with
+    # alpha, before the 8/16-bit copy made to encode it. It allows a ×4 upscale of an 8 MP photo.
+    max_output_pixels: int = 128_000_000
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"ImageLimits.{field.name} must be a positive integer, got {value!r}"
+                )
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The input format named by the magic bytes (one of ``INPUT_FORMATS``), or None."""
+    head = bytes(data[:32])
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    # "BM" alone is too weak (text can start with it): also require a known DIB header size.
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "bmp"
+    return None
+
+
+def normalize_format(name: str) -> str:
+    """The canonical output format name (``"jpg"`` → ``"jpeg"``); InvalidOptionError if not writable."""
+    key = name.strip().lower()
+    key = "jpeg" if key == "jpg" else key
+    if key not in FORMATS:
+        raise InvalidOptionError(
+            f"unsupported output format {name!r}; use one of {', '.join(FORMATS)}"
+        )
+    return key
+
+
+def content_type(fmt: str) -> str:
+    """The MIME type of an output format."""
+    return _CONTENT_TYPES[normalize_format(fmt)]
+
+
+def check_output_size(height: int, width: int, limits: ImageLimits) -> None:
+    """Raise ImageTooLargeError if an output of this size is over ``limits.max_output_pixels``."""
+    pixels = height * width
+    if pixels > limits.max_output_pixels:
+        raise ImageTooLargeError(
+            f"the output would be {width}x{height} = {pixels} pixels, over the limit of "
+            f"{limits.max_output_pixels}",
+            limit=limits.max_output_pixels,
+            actual=pixels,
+        )
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image:
+    """Decode PNG, JPEG, WebP (or a still GIF, BMP, TIFF) bytes, upright, as float pixels in [0, 1].
+
+    Raises (models.errors): ImageTooLargeError (bytes, pixels, bombs), EmptyInputError,
+    UnsupportedImageTypeError, CorruptImageError, AnimatedImageError.
+    """
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"the image is {len(data)} bytes, over the limit of {limits.max_bytes}",
+            limit=limits.max_bytes,
+            actual=len(data),
+        )
+    if not data:
+        raise EmptyInputError("the image is empty (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedImageTypeError(
+            "not an image we accept: send PNG, JPEG or WebP (still GIF, BMP and TIFF are also read)"
+        )
+    with _pillow_errors(fmt):
+        pil = PILImage.open(io.BytesIO(data), formats=[_PILLOW_NAMES[fmt]])
+    with pil, _pillow_errors(fmt):
+        _check_pixels(pil.width, pil.height, limits)
+        # A JPEG's MPO frames are previews or depth maps, not animation.
+        if fmt != "jpeg" and getattr(pil, "is_animated", False):
+            raise AnimatedImageError(
+                f"animated or multi-frame {fmt.upper()} images are not supported; send a still image"
+            )
+        icc = pil.info.get("icc_profile") or None
+        if fmt == "png" and _png_bit_depth_and_type(data) in ((16, 2), (16, 4), (16, 6)):
+            color, alpha = _decode_png16_color(data, pil.width, pil.height)
+            # eXIf after the pixel data is only seen by decoding with Pillow: ignored on this path.
+            orientation = _orientation(pil) if "exif" in pil.info else 1
+        else:
+            pil.load()
+            if pil.mode == "CMYK":
+                icc = None
+            color, alpha = _pillow_arrays(pil)
+            orientation = _orientation(pil)
+    bit_depth = 16 if color.dtype == np.uint16 else 8
+    return Image(
+        color=_to_float(_orient(color, orientation)),
+        alpha=None if alpha is None else _to_float(_orient(alpha, orientation)),
+        bit_depth=bit_depth,
+        format=fmt,
+        icc_profile=icc,
+    )
+
+
+@contextmanager
+def _pillow_errors(fmt: str) -> Iterator[None]:
+    """Map what Pillow raises on bombs and damaged files to our errors."""
+    try:
+        yield
+    except (ImageError, MemoryError):
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"decompression bomb refused: {e}") from e
+    except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error...)
+        raise CorruptImageError(f"the {fmt.upper()} image is damaged or truncated: {e}") from e
+
+
+def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {pixels} pixels, over the limit of {limits.max_pixels}",
+            limit=limits.max_pixels,
+            actual=pixels,
+        )
+
+
+def _png_bit_depth_and_type(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    return data[24], data[25]
+
+
+def _decode_png16_color(
+    data: bytes, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """16-bit RGB, RGBA or gray + alpha PNG via OpenCV (BGR order; gray + alpha comes as BGRA)."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise CorruptImageError(f"the 16-bit PNG image is damaged: {e}") from e
+    if bgr is None or bgr.dtype != np.uint16 or bgr.ndim != 3 or bgr.shape[:2] != (height, width):
+        raise CorruptImageError("the 16-bit PNG image is damaged or truncated")
+    if data[25] == 4:
+        return bgr[..., :1], bgr[..., 3]
+    if bgr.shape[2] == 4:
+        return bgr[..., 2::-1], bgr[..., 3]
+    return bgr[..., ::-1], None
+
+
+def _pillow_arrays(pil: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, 1|3) colour and (H, W) alpha as uint8, or uint16 for 16-bit gray."""
+    if pil.mode.startswith("I;16"):
+        return np.asarray(pil).astype(np.uint16)[..., None], None
+    target = _TARGET_MODES.get(pil.mode)
+    if target is None:
+        raise UnsupportedImageTypeError(f"images with {pil.mode!r} pixels are not supported")
+    if "transparency" in pil.info and target in ("L", "RGB"):
+        target += "A"  # a transparent palette entry or colour key becomes an alpha channel
+    pixels = np.asarray(pil if pil.mode == target else pil.convert(target))
+    if pixels.ndim == 2:
+        return pixels[..., None], None
+    if pixels.shape[2] in (2, 4):
+        return pixels[..., :-1], pixels[..., -1]
+    return pixels, None
+
+
+def _orientation(pil: PILImage.Image) -> int:
+    try:
+        value = pil.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # damaged EXIF must not refuse an otherwise good image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """A view of (H, W[, C]) pixels turned upright for an EXIF orientation."""
+    if orientation not in _ORIENTATIONS:
+        return pixels
+    transpose, flip_v, flip_h = _ORIENTATIONS[orientation]
+    if transpose:
+        pixels = pixels.swapaxes(0, 1)
+    if flip_v:
+        pixels = pixels[::-1]
+    if flip_h:
+        pixels = pixels[:, ::-1]
+    return pixels
+
+
+def _to_float(pixels: np.ndarray) -> np.ndarray:
+    out = np.ascontiguousarray(pixels, dtype=np.float32)
+    out /= np.float32(65535 if pixels.dtype == np.uint16 else 255)
+    return out
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def encode_image(
+    image: Image, format: str | None = None, quality: int | None = None, *, lossless: bool = False
+) -> bytes:
+    """Encode as PNG, JPEG or WebP (None: the source format if writable, else PNG).
+
+    ``quality`` (1..100) applies to JPEG and lossy WebP; defaults 95 and 90. ``lossless`` writes
+    lossless WebP (at libwebp's fastest effort, ignoring quality). Raises InvalidOptionError for an
+    unknown format, a bad quality, alpha to JPEG or a side over the format's maximum.
+    """
+    fmt = normalize_format(format) if format is not None else _default_format(image)
+    level = _quality(fmt, quality)
+    _check_encodable(image, fmt, lossless)
+    if fmt == "png" and image.bit_depth == 16:
+        return _encode_png16(image)
+    icc = image.icc_profile
+    pixels = _quantize(image.color, 255)
+    if fmt == "webp" and image.is_gray:
+        pixels = np.repeat(pixels, 3, axis=2)  # WebP has no gray mode
+        icc = None if icc is not None and icc[16:20] == b"GRAY" else icc
+    if image.alpha is not None:
+        pixels = np.concatenate([pixels, _quantize(image.alpha, 255)[..., None]], axis=2)
+    pil = PILImage.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    options: dict[str, object] = {"icc_profile": icc} if icc else {}
+    if fmt == "png":
+        options["compress_level"] = PNG_COMPRESS_LEVEL
+    elif fmt == "webp" and lossless:
+        options.update(lossless=True, exact=True, method=0, quality=0)
+    else:
+        options["quality"] = level
+    buffer = io.BytesIO()
+    pil.save(buffer, _PILLOW_NAMES[fmt], **options)
+    return buffer.getvalue()
+
+
+def _default_format(image: Image) -> str:
+    return image.format if image.format in FORMATS else "png"
+
+
+def _quality(fmt: str, quality: int | None) -> int | None:
+    if quality is None:
+        return DEFAULT_QUALITY.get(fmt)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise InvalidOptionError(f"quality must be an integer from 1 to 100, got {quality!r}")
+    return quality
+
+
+def _check_encodable(image: Image, fmt: str, lossless: bool) -> None:
+    color, alpha = image.color, image.alpha
+    if color.ndim != 3 or color.shape[2] not in (1, 3):
+        raise ValueError(f"Image.color must be (H, W, 1) or (H, W, 3), got {color.shape}")
+    if alpha is not None and alpha.shape != color.shape[:2]:
+        raise ValueError(f"Image.alpha must be {color.shape[:2]}, got {alpha.shape}")
+    if image.bit_depth not in (8, 16):
+        raise ValueError(f"Image.bit_depth must be 8 or 16, got {image.bit_depth}")
+    if fmt == "jpeg" and alpha is not None:
+        raise InvalidOptionError("JPEG cannot store transparency; use png or webp")
+    if fmt == "jpeg" and lossless:
+        raise InvalidOptionError("JPEG cannot be lossless; use png or webp")
+    max_side = _MAX_SIDE.get(fmt)
+    if max_side is not None and max(image.height, image.width) > max_side:
+        raise InvalidOptionError(
+            f"{fmt.upper()} images are limited to {max_side} px per side and this one is "
+            f"{image.width}x{image.height}; use png"
+        )
+
+
+def _quantize(values: np.ndarray, top: int) -> np.ndarray:
+    """Floats in [0, 1] → round(values * top), clipped, as uint8 (top 255) or uint16 (top 65535)."""
+    scaled = values * np.float32(top)
+    scaled += 0.5
+    np.clip(scaled, 0, top, out=scaled)
+    return scaled.astype(np.uint16 if top > 255 else np.uint8)
+
+
+def _encode_png16(image: Image) -> bytes:
+    """A 16-bit PNG of any channel count, with the ICC profile: one IDAT, Up filter on every row."""
+    samples = _quantize(image.color, 65535)
+    if image.alpha is not None:
+        samples = np.concatenate([samples, _quantize(image.alpha, 65535)[..., None]], axis=2)
+    height, width, channels = samples.shape
+    rows = samples.astype(">u2").reshape(height, -1).view(np.uint8)
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # Up: each byte minus the byte above (mod 256); the first row is unchanged
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if image.icc_profile:
+        chunks.append(
+            _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(image.icc_profile))
+        )
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.data, PNG_COMPRESS_LEVEL)))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return _PNG_SIGNATURE + b"".join(chunks)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
