@@ -1,0 +1,72 @@
+"""Typed configuration of the deployments: constructor args and the ``user_config`` knobs.
+
+``user_config`` is validated here, in ``reconfigure``, so a bad value in ``serve_config.yaml`` fails
+with a pydantic message that names the field, not with a stack trace from deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.registry import ModelSpec, user_model_spec
+from models.tiling import TileConfig
+
+
+class CustomModel(BaseModel):
+    """A community model for spandrel, always pinned by sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    url: str | None = None
+    path: str | None = None
+    scale: int | None = Field(default=None, ge=1, le=16)
+    supports_fp16: bool = True
+    license: str = "unknown"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CustomModel:
+        if (self.url is None) == (self.path is None):
+            raise ValueError(f"custom model {self.name!r}: give exactly one of url or path")
+        return self
+
+    def spec(self) -> ModelSpec:
+        return user_model_spec(
+            self.name,
+            sha256=self.sha256,
+            url=self.url,
+            path=self.path,
+            scale=self.scale,
+            supports_fp16=self.supports_fp16,
+            license=self.license,
+        )
+
+
+class UpscalerConfig(BaseModel):
+    """Runtime knobs of the Upscaler, changed without restarting replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=4, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
+    tile: int = 256
+    tile_pad: int = 24
+    tile_blend: int = 16
+
+    @model_validator(mode="after")
+    def _tile_is_valid(self) -> UpscalerConfig:
+        self.tiling()  # raises InvalidOptionError (a ValueError) with the reason
+        return self
+
+    def tiling(self) -> TileConfig:
+        return TileConfig(tile=self.tile, pad=self.tile_pad, blend=self.tile_blend)
+
+
+class FaceConfig(BaseModel):
+    """Runtime knobs of the FaceRestorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=4, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(default=0.02, ge=0, le=5)

@@ -1,0 +1,93 @@
+"""The application: ``serve run configs/serve_config.yaml`` builds it with ``build_app(args)``.
+
+``AppArgs`` types the ``args:`` block of the Serve config, so a typo there fails with a pydantic
+message naming the field. Infrastructure settings (S3, weights cache) come from the environment
+through ``Settings`` and are handed to each deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray.serve import Application
+
+from deployments.config import CustomModel
+from deployments.face import FaceRestorer
+from deployments.upscaler import Upscaler, build_registry
+from models.loading import PRECISIONS
+from models.registry import ModelKind
+from serve_app.ingress import Ingress, Limits
+from serve_app.settings import Settings
+
+APP_NAME = "superres"
+DEFAULT_MODELS = [
+    "realesrgan-x4plus",
+    "realesrgan-x2plus",
+    "realesrgan-x4plus-anime",
+    "realesr-general-x4v3",
+    "realesr-animevideov3",
+]
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_model: str = "realesrgan-x4plus"
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
+    preload: list[str] = Field(default_factory=lambda: ["realesrgan-x4plus"])
+    custom_models: list[CustomModel] = Field(default_factory=list)
+    precision: str = "auto"
+    face_enhance: bool = True
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AppArgs:
+        registry = build_registry(self.custom_models)  # also rejects duplicate names
+        upscalers = set(registry.names(ModelKind.UPSCALE))
+        served = set(self.models) | {c.name for c in self.custom_models}
+        for name in [*self.models, *self.preload, self.default_model]:
+            if name not in upscalers:
+                raise ValueError(f"{name!r} is not an upscaling model; known: {sorted(upscalers)}")
+        for name in [*self.preload, self.default_model]:
+            if name not in served:
+                raise ValueError(f"{name!r} must also be listed in models")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        return self
+
+
+def build_app(
+    args: AppArgs,
+    settings: Settings | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Application:
+    """The bound application. ``options`` overrides deployment options by deployment name, for
+    Python callers (``{"Upscaler": {"user_config": {...}, "num_replicas": 2}}``); ``serve run``
+    takes them from the Serve config instead."""
+    settings = settings or Settings()
+    options = options or {}
+
+    def deployment(cls: Any) -> Any:
+        name = cls.name
+        return cls.options(**options[name]) if name in options else cls
+
+    upscaler = deployment(Upscaler).bind(
+        settings,
+        models=args.models,
+        preload=args.preload,
+        custom_models=args.custom_models,
+        precision=args.precision,
+    )
+    faces = None
+    if args.face_enhance:
+        faces = deployment(FaceRestorer).bind(settings, upscaler)
+    return deployment(Ingress).bind(
+        upscaler,
+        faces,
+        settings,
+        default_model=args.default_model,
+        custom_models=args.custom_models,
+        limits=args.limits,
+    )

@@ -1,0 +1,47 @@
+"""The API's request options and result, shared by HTTP clients and Python handle callers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FaceBox(BaseModel):
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in output pixels
+    score: float
+
+
+class UpscaleResult(BaseModel):
+    id: str = Field(description="The result's object key in the store.")
+    url: str = Field(description="Presigned GET URL of the result; no credentials needed.")
+    expires_at: datetime
+    width: int
+    height: int
+    format: str
+    content_type: str
+    model: str
+    scale: float
+    bytes: int
+    timings: dict[str, float] = Field(default_factory=dict)
+    faces: list[FaceBox] | None = None
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: str
+    scale: int | None
+    ready: bool
+    weights_source: str | None = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
