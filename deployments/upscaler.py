@@ -193,7 +193,7 @@ class Upscaler:
                 {
                     "name": name,
                     "kind": spec.kind.value,
-                    "scale": spec.scale,
+                    "scale": loaded[ids[0]].upscaler.scale if ids else spec.scale,
                     "supports_denoise": spec.supports_denoise,
                     "description": spec.description,
                     "loaded": bool(ids),

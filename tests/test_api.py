@@ -1,0 +1,246 @@
+"""The HTTP API end to end: real Ray Serve, real SeaweedFS, tiny real-architecture models."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from tests.s3server import s3_down
+
+pytestmark = pytest.mark.serve
+
+
+def encode(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(arr, mode).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def noise(h: int, w: int, c: int = 3, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    arr = rng.integers(0, top + 1, (h, w, c), dtype=dtype)
+    return arr[:, :, 0] if c == 1 else arr
+
+
+def fetch(url: str) -> PILImage.Image:
+    got = httpx.get(url)  # no credentials: the presigned URL is the only key
+    assert got.status_code == 200, got.text
+    return PILImage.open(io.BytesIO(got.content))
+
+
+def upscale(client: httpx.Client, data: bytes, **params: object) -> httpx.Response:
+    return client.post("/v1/upscale", params=params, files={"file": ("in", data, "image/x")})
+
+
+def decoded_result(client: httpx.Client, data: bytes, **params: object) -> np.ndarray:
+    r = upscale(client, data, **params)
+    assert r.status_code == 200, r.text
+    return np.asarray(fetch(r.json()["url"])).astype(np.int16)
+
+
+KINDS = [
+    ("png-rgb", lambda: encode(noise(20, 28)), "PNG", "RGB"),
+    ("jpeg", lambda: encode(noise(20, 28), "JPEG", quality=90), "JPEG", "RGB"),
+    ("webp", lambda: encode(noise(20, 28), "WEBP", quality=90), "WEBP", "RGB"),
+    ("png-rgba", lambda: encode(noise(20, 28, 4)), "PNG", "RGBA"),
+    ("png-gray", lambda: encode(noise(20, 28, 1)), "PNG", "L"),
+    ("png-gray16", lambda: encode(noise(20, 28, 1, dtype=np.uint16)), "PNG", "I;16"),
+]
+
+
+@pytest.mark.parametrize(("kind", "make", "fmt", "mode"), KINDS, ids=[k[0] for k in KINDS])
+def test_every_image_kind_comes_back_as_the_same_kind(serve_app, kind, make, fmt, mode) -> None:
+    with serve_app.client() as client:
+        r = upscale(client, make())
+        assert r.status_code == 200, r.text
+        body = r.json()
+    assert (body["width"], body["height"], body["model"], body["scale"]) == (112, 80, "tiny-x4", 4)
+    assert body["bytes"] > 0 and body["expires_at"] and body["id"].startswith("results/")
+    img = fetch(body["url"])
+    assert img.size == (112, 80)
+    assert img.format == fmt
+    assert img.mode in {mode, "I;16B" if mode == "I;16" else mode, "I" if mode == "I;16" else mode}
+
+
+def test_raw_body_and_output_format_options(serve_app) -> None:
+    with serve_app.client() as client:
+        r = client.post(
+            "/v1/upscale",
+            params={"format": "jpeg", "quality": 80, "scale": 2},
+            content=encode(noise(16, 16)),
+            headers={"content-type": "application/octet-stream"},
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["format"], body["width"], body["scale"]) == ("jpeg", 32, 2)
+    assert fetch(body["url"]).format == "JPEG"
+
+
+def test_presigned_url_is_the_only_way_in(serve_app) -> None:
+    with serve_app.client() as client:
+        url = upscale(client, encode(noise(8, 8))).json()["url"]
+    sig_at = url.index("X-Amz-Signature=") + len("X-Amz-Signature=")
+    tampered = url[:sig_at] + ("0" if url[sig_at] != "0" else "1") + url[sig_at + 1 :]
+    assert httpx.get(tampered).status_code == 403
+    assert httpx.get(url.split("?")[0]).status_code == 403  # anonymous, unsigned
+    assert httpx.get(url).status_code == 200
+
+
+def test_concurrent_requests_get_their_own_pixels_and_share_batches(serve_app) -> None:
+    # 150x130 images with 64-px tiles: several tiles each, batched with other requests' tiles.
+    images = [encode(noise(130, 150, seed=s)) for s in range(6)]
+    with serve_app.client() as client:
+        alone = [decoded_result(client, data) for data in images]
+        before = client.get("/v1/stats").json()["upscaler"]
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(lambda d: decoded_result(client, d), images))
+        after = client.get("/v1/stats").json()["upscaler"]
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
+        assert a.shape == b.shape == (520, 600, 3)
+        assert np.abs(a - b).max() <= 1, f"request {i} differs from its single-request result"
+        others = [np.abs(b - x).mean() for j, x in enumerate(alone) if j != i]
+        assert min(others) > 10, f"request {i} looks like another request's image"
+    assert after["forward_passes"] > before["forward_passes"]
+    batched = after["tiles"] - before["tiles"]
+    forwards = after["forward_passes"] - before["forward_passes"]
+    assert batched / forwards > 1.5, f"tiles did not share forward passes: {after}"
+
+
+BAD_INPUTS = [
+    ("empty", b"", {}, 400, "empty_input"),
+    ("text", b"hello, this is not an image at all", {}, 415, "unsupported_media_type"),
+    ("truncated", encode(noise(64, 64))[:200], {}, 400, "corrupt_image"),
+    ("too-many-pixels", encode(np.zeros((1100, 1000, 3), np.uint8)), {}, 413, "too_large"),
+    ("output-too-large", encode(np.zeros((900, 900, 3), np.uint8)), {"scale": 8}, 413, "too_large"),
+    ("scale-range", encode(noise(8, 8)), {"scale": 9}, 422, "validation_error"),
+    ("scale-type", encode(noise(8, 8)), {"scale": "big"}, 422, "validation_error"),
+    ("format", encode(noise(8, 8)), {"format": "tiff"}, 400, "invalid_option"),
+    ("unknown-model", encode(noise(8, 8)), {"model": "nope"}, 400, "unknown_model"),
+    ("denoise-other", encode(noise(8, 8)), {"denoise": 0.5}, 400, "invalid_option"),
+    ("jpeg-alpha", encode(noise(8, 8, 4)), {"format": "jpeg"}, 400, "invalid_option"),
+    (
+        "weights-missing",
+        encode(noise(8, 8)),
+        {"model": "realesr-general-x4v3"},
+        503,
+        "model_unavailable",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "params", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_gets_a_clear_json_error(serve_app, name, data, params, status, code) -> None:
+    with serve_app.client() as client:
+        r = upscale(client, data, **params)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["code"] == code and error["message"]
+        if status == 503:
+            assert r.headers["retry-after"]
+        assert upscale(client, encode(noise(8, 8))).status_code == 200  # still serving
+
+
+def test_animated_image_is_refused(serve_app) -> None:
+    frames = [PILImage.fromarray(noise(8, 8, seed=s)) for s in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    with serve_app.client() as client:
+        r = upscale(client, buf.getvalue())
+    assert (r.status_code, r.json()["error"]["code"]) == (415, "animated_image")
+
+
+def test_oversized_upload_is_refused_while_streaming(serve_app) -> None:
+    def body():  # chunked: no Content-Length to trust, the ingress must count
+        yield b"\x89PNG\r\n\x1a\n"
+        for _ in range(100):
+            yield b"\0" * 65536
+
+    with serve_app.client() as client:
+        r = client.post("/v1/upscale", content=body())
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "too_large")
+        r = client.post("/v1/upscale", content=b"x" * 4_000_000)  # declared too large
+        assert r.status_code == 413
+
+
+def test_storage_down_gives_503_then_recovers(serve_app) -> None:
+    data = encode(noise(8, 8))
+    with serve_app.client() as client:
+        with s3_down(serve_app.s3):
+            r = upscale(client, data)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "storage_unavailable"
+            assert int(r.headers["retry-after"]) > 0
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and not ready.json()["checks"]["storage"]["ready"]
+        assert upscale(client, data).status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_health_models_and_docs(serve_app) -> None:
+    with serve_app.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz").json()
+        assert ready["ready"] and ready["checks"]["default_model"]["ready"]
+        models = {m["name"]: m for m in client.get("/v1/models").json()}
+        assert models["tiny-x4"]["ready"] and models["tiny-x4"]["scale"] == 4
+        assert "path" in models["tiny-x4"]["weights_source"]
+        assert models["realesrgan-x4plus"]["kind"] == "upscale"
+        assert "/v1/upscale" in client.get("/openapi.json").json()["paths"]
+        r = client.get("/v1/nothing-here")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_real_x4plus_through_http(serve_app) -> None:
+    """The real Real-ESRGAN x4plus (converted from the ncnn wheel) behind the whole HTTP path."""
+    from skimage import data as skdata
+
+    crop = skdata.astronaut()[40:64, 180:212]  # a 32x24 patch with an edge and skin
+    with serve_app.client(timeout=600) as client:
+        r = upscale(client, encode(crop), model="realesrgan-x4plus")
+        assert r.status_code == 200, r.text
+        out = np.asarray(fetch(r.json()["url"])).astype(np.float32)
+        models = {m["name"]: m for m in client.get("/v1/models").json()}
+    assert out.shape == (96, 128, 3)
+    assert "offline" in models["realesrgan-x4plus"]["weights_source"]
+    # A real super-resolution of the patch: close to a plain resize overall, not noise.
+    ref = np.asarray(PILImage.fromarray(crop).resize((128, 96), PILImage.BICUBIC), np.float32)
+    assert np.abs(out - ref).mean() < 12
+
+
+def test_another_ray_driver_calls_the_app_through_a_handle(serve_app) -> None:
+    script = textwrap.dedent(
+        f"""
+        import io, numpy as np, ray
+        from PIL import Image
+        from ray import serve
+        ray.init(address={serve_app.ray_address!r}, namespace="other-app", log_to_driver=False)
+        buf = io.BytesIO(); Image.fromarray(np.full((10, 12, 3), 90, np.uint8)).save(buf, "PNG")
+        handle = serve.get_app_handle("superres")
+        result = handle.upscale.remote(buf.getvalue(), scale=2, format="webp").result()
+        print("RESULT", result.width, result.height, result.format, result.url)
+        try:
+            handle.upscale.remote(b"not an image").result()
+        except Exception as e:
+            print("ERROR", type(e).__name__)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    lines = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines() if line}
+    assert done.returncode == 0 and "RESULT" in lines, done.stdout + done.stderr
+    width, height, fmt, url = lines["RESULT"]
+    assert (width, height, fmt) == ("24", "20", "webp")
+    assert fetch(url).size == (24, 20)
+    assert lines["ERROR"]  # a domain error crosses the handle as an exception
