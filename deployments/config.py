@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.registry import ModelSpec, user_model_spec
+from models.registry import ModelSpec, WeightsSource, user_model_spec
 from models.tiling import TileConfig
 
 
@@ -40,6 +40,30 @@ class CustomModel(BaseModel):
             scale=self.scale,
             supports_fp16=self.supports_fp16,
             license=self.license,
+        )
+
+
+class WeightsOverride(BaseModel):
+    """Another file for a built-in model (a mirror, a local copy, a retrained build), pinned."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    url: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WeightsOverride:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of url or path")
+        return self
+
+    def source(self, filename: str) -> WeightsSource:
+        return WeightsSource(
+            filename=f"{self.sha256[:12].lower()}-{filename}",
+            sha256=self.sha256.lower(),
+            urls=(self.url,) if self.url else (),
+            path=self.path,
         )
 
 

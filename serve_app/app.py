@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
-from deployments.config import CustomModel
-from deployments.face import FaceRestorer
+from deployments.config import CustomModel, WeightsOverride
+from deployments.face import DETECTOR, RESTORER, FaceRestorer
 from deployments.upscaler import Upscaler, build_registry
+from models.face.types import FaceDetector
 from models.loading import PRECISIONS
-from models.registry import ModelKind
+from models.registry import ModelKind, Registry
 from serve_app.ingress import Ingress, Limits
 from serve_app.settings import Settings
 
@@ -40,6 +41,8 @@ class AppArgs(BaseModel):
     custom_models: list[CustomModel] = Field(default_factory=list)
     precision: str = "auto"
     face_enhance: bool = True
+    # Other files for the face models (keys: gfpgan-v1.4, retinaface-r50), always pinned.
+    face_weights: dict[str, WeightsOverride] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")
@@ -53,6 +56,9 @@ class AppArgs(BaseModel):
         for name in [*self.preload, self.default_model]:
             if name not in served:
                 raise ValueError(f"{name!r} must also be listed in models")
+        for name in self.face_weights:
+            if name not in (RESTORER, DETECTOR):
+                raise ValueError(f"face_weights: {name!r} is not one of {RESTORER}, {DETECTOR}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         return self
@@ -62,10 +68,11 @@ def build_app(
     args: AppArgs,
     settings: Settings | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    face_detector: FaceDetector | None = None,
 ) -> Application:
     """The bound application. ``options`` overrides deployment options by deployment name, for
     Python callers (``{"Upscaler": {"user_config": {...}, "num_replicas": 2}}``); ``serve run``
-    takes them from the Serve config instead."""
+    takes them from the Serve config instead. ``face_detector`` replaces RetinaFace."""
     settings = settings or Settings()
     options = options or {}
 
@@ -82,7 +89,11 @@ def build_app(
     )
     faces = None
     if args.face_enhance:
-        faces = deployment(FaceRestorer).bind(settings, upscaler)
+        weights = {
+            name: override.source(Registry().get(name).weights.filename)
+            for name, override in args.face_weights.items()
+        }
+        faces = deployment(FaceRestorer).bind(settings, upscaler, weights, face_detector)
     return deployment(Ingress).bind(
         upscaler,
         faces,
