@@ -75,7 +75,9 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
 
 @pytest.fixture(scope="session")
 def serve_app(
-    s3_server: Any, tiny_weights: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+    s3_server: Any,
+    tiny_weights: dict[str, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServeApp]:
     """The whole application on a real Ray Serve instance, started once per session."""
     os.environ.setdefault("RAY_TMPDIR", str(RUN_DIR / "ray-tests"))

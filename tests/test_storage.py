@@ -367,11 +367,16 @@ def test_cli_runs_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
             if line.startswith("# local S3"):  # the last line, printed once ready
                 break
         printed = dict(
-            line.strip().split("=", 1) for line in lines if "=" in line and line.startswith("SUPERRES_S3_")
+            line.strip().split("=", 1)
+            for line in lines
+            if "=" in line and line.startswith("SUPERRES_S3_")
         )
         assert printed["SUPERRES_S3_ENDPOINT_URL"] == f"http://127.0.0.1:{port}", lines
         key, secret = load_or_create_credentials(tmp_path)
-        assert (printed["SUPERRES_S3_ACCESS_KEY_ID"], printed["SUPERRES_S3_SECRET_ACCESS_KEY"]) == (key, secret)
+        assert (printed["SUPERRES_S3_ACCESS_KEY_ID"], printed["SUPERRES_S3_SECRET_ACCESS_KEY"]) == (
+            key,
+            secret,
+        )
         assert (tmp_path / ENV_FILE).exists()
         store = ResultStore(
             StorageSettings(
