@@ -46,7 +46,7 @@ class FaceOptions:
     scale: float | None = None
     only_center_face: bool = False
     max_faces: int = 10
-    weight: float = 0.5
+    weight: float = 1.0  # 1: GFPGAN v1.4 as upstream; lower keeps more of the original
     background_model: str | None = None  # an upscaler model name, or "none" for a plain resize
     format: str | None = None
     quality: int | None = None

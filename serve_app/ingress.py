@@ -55,7 +55,7 @@ class RequestParams(BaseModel):
     face_enhance: bool = False
     only_center_face: bool = False
     max_faces: int = Field(default=10, ge=1, le=100)
-    weight: float = Field(default=0.5, ge=0, le=1)
+    weight: float = Field(default=1.0, ge=0, le=1)
     background_model: str | None = None
 
 
@@ -172,7 +172,7 @@ class Ingress:
         scale: Annotated[float | None, Query(ge=1, le=8)] = None,
         only_center_face: Annotated[bool, Query()] = False,
         max_faces: Annotated[int, Query(ge=1, le=100)] = 10,
-        weight: Annotated[float, Query(ge=0, le=1)] = 0.5,
+        weight: Annotated[float, Query(ge=0, le=1)] = 1.0,
         background_model: Annotated[str | None, Query()] = None,
         format: Annotated[str | None, Query()] = None,
         quality: Annotated[int | None, Query(ge=1, le=100)] = None,
