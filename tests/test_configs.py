@@ -1,0 +1,34 @@
+"""The Serve configs are valid for our own typed args, not only for Ray's schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.config import FaceConfig, UpscalerConfig
+from serve_app.app import AppArgs
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+USER_CONFIGS = {"Upscaler": UpscalerConfig, "FaceRestorer": FaceConfig}
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+def test_config_args_and_user_configs_validate(name: str) -> None:
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = AppArgs.model_validate(app.get("args", {}))
+    assert args.default_model in args.models
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"Ingress", "Upscaler", "FaceRestorer"}
+    for deployment, model in USER_CONFIGS.items():
+        model.model_validate(deployments[deployment].get("user_config", {}))
+
+
+def test_a_typo_in_args_fails_with_a_message_naming_it() -> None:
+    with pytest.raises(ValueError, match="defualt_model"):
+        AppArgs.model_validate({"defualt_model": "realesrgan-x4plus"})
+    with pytest.raises(ValueError, match="tile must be at least"):
+        UpscalerConfig.model_validate({"tile": 4})

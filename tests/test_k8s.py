@@ -1,0 +1,831 @@
+"""The Kubernetes manifests, the image files and their generator, checked offline.
+
+What is validated is the kustomize output of each overlay (k8s/kustomize.py renders it): ray.io kinds
+against the KubeRay CRDs in ../shared/kuberay-crds (skipped when absent), core kinds against the
+Kubernetes schemas of ``kubernetes-validate``, the embedded Serve config through Ray's own models.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from botocore.exceptions import ClientError
+from pydantic import BaseModel
+
+from k8s import ManifestError, generate, storage_jobs
+from k8s.kustomize import Resource, apply_json_patch, load_documents, render
+from k8s.validate import (
+    CrdSchemas,
+    crd_folder,
+    parse_quantity,
+    serve_config_problems,
+    strict_schema,
+    validate_core,
+    validate_resources,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS = crd_folder(REPO)
+OVERLAYS = ("cpu", "gpu")
+needs_crds = pytest.mark.skipif(
+    not CRDS.is_dir(), reason=f"KubeRay CRD schemas not found at {CRDS} (../shared/kuberay-crds)"
+)
+
+
+@pytest.fixture(scope="module")
+def crds() -> CrdSchemas:
+    return CrdSchemas(CRDS)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Resource]]:
+    return {name: render(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+
+
+def _one(resources: list[Resource], kind: str, name: str | None = None) -> Resource:
+    (hit,) = [r for r in resources if r["kind"] == kind and name in (None, r["metadata"]["name"])]
+    return hit
+
+
+def _cluster(resources: list[Resource]) -> dict[str, Any]:
+    cluster: dict[str, Any] = _one(resources, "RayService")["spec"]["rayClusterConfig"]
+    return cluster
+
+
+def _serve_config(resources: list[Resource]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(_one(resources, "RayService")["spec"]["serveConfigV2"])
+    return config
+
+
+def _deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (dep,) = [d for d in config["applications"][0]["deployments"] if d["name"] == name]
+    return dep
+
+
+# --- the committed manifests ----------------------------------------------------------------------
+
+
+def test_every_manifest_parses() -> None:
+    files = sorted((REPO / "k8s").rglob("*.yaml"))
+    assert len(files) >= 15
+    for path in files:
+        if path.name.endswith(".patch.yaml"):
+            ops = yaml.safe_load(path.read_text())
+            assert ops and all({"op", "path"} <= set(op) for op in ops), path
+        else:
+            docs = load_documents(path)
+            assert docs and all({"apiVersion", "kind"} <= set(d) for d in docs), path
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_core_serve_and_consistency_checks(
+    rendered: dict[str, list[Resource]], overlay: str
+) -> None:
+    assert validate_resources(rendered[overlay], crds=None) == []
+
+
+@needs_crds
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_the_kuberay_crd_schemas(
+    rendered: dict[str, list[Resource]], crds: CrdSchemas, overlay: str
+) -> None:
+    ray_kinds = [r for r in rendered[overlay] if r["apiVersion"].startswith("ray.io/")]
+    assert [r["kind"] for r in ray_kinds] == ["RayService"]
+    assert crds.validate(ray_kinds[0]) == []
+
+
+def test_overlays_differ_where_they_should(rendered: dict[str, list[Resource]]) -> None:
+    cpu, gpu = _cluster(rendered["cpu"]), _cluster(rendered["gpu"])
+    for cluster in (cpu, gpu):
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert cluster["rayVersion"] == ray.__version__
+        assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    gpu_group = gpu["workerGroupSpecs"][0]
+    gpu_limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu_limits["nvidia.com/gpu"] == "1"
+    assert (gpu_group["minReplicas"], gpu_group["maxReplicas"]) == (1, 8)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_group[
+        "template"
+    ]["spec"]["tolerations"]
+    assert "tolerations" not in gpu["headGroupSpec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu)
+    upscaler = _deployment(_serve_config(rendered["gpu"]), "Upscaler")
+    assert upscaler["ray_actor_options"]["num_gpus"] > 0
+    assert (
+        "num_gpus"
+        not in _deployment(_serve_config(rendered["cpu"]), "Upscaler")["ray_actor_options"]
+    )
+    for overlay in OVERLAYS:
+        assert _serve_config(rendered[overlay])["http_options"]["host"] == "0.0.0.0"
+        assert {r["metadata"].get("namespace") for r in rendered[overlay]} == {"superres"}
+    # Production credentials are never committed: only the local overlay carries a Secret.
+    assert [r["kind"] for r in rendered["gpu"]].count("Secret") == 0
+    assert _one(rendered["cpu"], "Secret", "superres-s3")["stringData"].keys() == {
+        "access-key-id",
+        "secret-access-key",
+    }
+
+
+def test_generated_files_match_their_sources() -> None:
+    assert generate.drift(REPO) == []
+    assert generate.main(["--check"]) == 0
+
+
+def test_check_mode_reports_a_drifted_manifest(tmp_path: Path) -> None:
+    for folder in ("configs", "k8s"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert generate.drift(tmp_path) == []
+    overrides = tmp_path / generate.GPU_OVERRIDES
+    overrides.write_text(overrides.read_text().replace("max_replicas: 8", "max_replicas: 6"))
+    assert generate.main(["--check", "--repo", str(tmp_path)]) == 1
+    assert sorted(generate.drift(tmp_path)) == [
+        "configs/serve_config.gpu.yaml: differs from what its sources generate",
+        "k8s/overlays/gpu/generated/serve-config.patch.yaml: differs from what its sources generate",
+    ]
+    assert generate.main(["--repo", str(tmp_path)]) == 0
+    assert generate.drift(tmp_path) == []
+    patch = (tmp_path / "k8s/overlays/gpu/generated/serve-config.patch.yaml").read_text()
+    assert "max_replicas: 6" in patch
+
+
+# --- broken manifests are caught ------------------------------------------------------------------
+
+
+def _broken(
+    rendered: dict[str, list[Resource]], change: Callable[[list[Resource]], None]
+) -> list[Resource]:
+    resources = copy.deepcopy(rendered["gpu"])
+    change(resources)
+    return resources
+
+
+@needs_crds
+def test_crd_schema_catches_wrong_type_missing_group_name_and_misspelled_keys(
+    rendered: dict[str, list[Resource]], crds: CrdSchemas
+) -> None:
+    service = copy.deepcopy(_one(rendered["gpu"], "RayService"))
+    group = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    group["maxReplicas"] = "8"
+    del group["groupName"]
+    group["rayStartParam"] = group.pop("rayStartParams")
+    service["spec"]["rayClusterConfig"]["enableInTreeAutoscalling"] = True
+    group["template"]["spec"]["containers"][0]["volumeMount"] = []
+    problems = crds.validate(service)
+    where = "RayService/superres: spec/rayClusterConfig"
+    expected = [
+        f"{where}: Additional properties are not allowed ('enableInTreeAutoscalling' was unexpected)",
+        f"{where}/workerGroupSpecs/0: 'groupName' is a required property",
+        f"{where}/workerGroupSpecs/0: Additional properties are not allowed "
+        "('rayStartParam' was unexpected)",
+        f"{where}/workerGroupSpecs/0/maxReplicas: '8' is not of type 'integer'",
+        f"{where}/workerGroupSpecs/0/template/spec/containers/0: Additional properties are not "
+        "allowed ('volumeMount' was unexpected)",
+    ]
+    assert sorted(p.replace("ray.io/v1/", "") for p in problems) == sorted(expected)
+
+
+def test_strict_schema_keeps_preserve_unknown_fields_subtrees_open() -> None:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "closed": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "open": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": True,
+                "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}}},
+            },
+            "map": {"type": "object", "additionalProperties": {"type": "string"}},
+            "list": {"type": "array", "items": {"properties": {"c": {"type": "integer"}}}},
+        },
+    }
+    strict = strict_schema(schema)
+    assert strict["additionalProperties"] is False
+    assert strict["properties"]["closed"]["additionalProperties"] is False
+    assert strict["properties"]["open"] == schema["properties"]["open"]
+    assert strict["properties"]["map"]["additionalProperties"] == {"type": "string"}
+    assert strict["properties"]["list"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in schema  # the input is not modified
+
+
+def test_core_schemas_catch_wrong_types_and_misspelled_keys(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    service = copy.deepcopy(_one(rendered["gpu"], "Service", "minio"))
+    assert validate_core(service) == []
+    service["spec"]["ports"][0]["port"] = "9000"
+    assert validate_core(service) == [
+        "v1/Service/minio: spec/ports/0/port: '9000' is not of type 'integer'"
+    ]
+    service["kind"] = "Servic"
+    assert validate_core(service) == ["v1/Servic/minio: no Kubernetes 1.33 schema for v1 Servic"]
+    job = copy.deepcopy(_one(rendered["gpu"], "Job", "superres-stage-weights"))
+    job["spec"]["template"]["spec"]["containers"][0]["envfrom"] = []
+    (problem,) = validate_core(job)
+    assert "'envfrom' was unexpected" in problem
+    # The pod templates inside the RayService also go through the core PodTemplate schema.
+    resources = _broken(
+        rendered,
+        lambda rs: _cluster(rs)["headGroupSpec"]["template"]["spec"].update(restartPolicy=7),
+    )
+    assert any("head" in p and "restartPolicy" in p for p in validate_resources(resources, None))
+
+
+def test_serve_config_checks_catch_what_ray_ignores_or_rejects(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    config = _serve_config(rendered["gpu"])
+    assert serve_config_problems(yaml.safe_dump(config)) == []
+
+    def problems_after(change: Callable[[dict[str, Any]], None]) -> list[str]:
+        broken = copy.deepcopy(config)
+        change(broken)
+        return serve_config_problems(yaml.safe_dump(broken))
+
+    up = "serveConfigV2: superres.Upscaler.autoscaling_config"
+    assert problems_after(lambda c: c.update(proxy_locaton="EveryNode")) == [
+        "serveConfigV2: unknown key 'proxy_locaton'"
+    ]
+    assert problems_after(
+        lambda c: _deployment(c, "Upscaler")["ray_actor_options"].update(num_gpu=1)
+    ) == ["serveConfigV2.applications[0].deployments[1].ray_actor_options: unknown key 'num_gpu'"]
+    assert problems_after(
+        lambda c: _deployment(c, "Upscaler")["autoscaling_config"].update(max_replica=3)
+    ) == [f"{up}: unknown key 'max_replica'"]
+    (bad_range,) = problems_after(
+        lambda c: _deployment(c, "Upscaler")["autoscaling_config"].update(min_replicas=9)
+    )
+    assert bad_range.startswith(f"{up}: ")
+    assert "max_replicas" in bad_range
+    assert problems_after(lambda c: _deployment(c, "Upscaler").update(max_ongoing_requests=4)) == [
+        f"{up}: target_ongoing_requests 8.0 is above max_ongoing_requests 4: "
+        "the deployment would never scale up"
+    ]
+    (wrong_type,) = problems_after(lambda c: _deployment(c, "Ingress").update(num_replicas="many"))
+    assert wrong_type.startswith("serveConfigV2: applications.0.deployments.0: ")
+    assert "num_replicas" in wrong_type
+
+
+def test_capacity_check_catches_replicas_without_room(rendered: dict[str, list[Resource]]) -> None:
+    def with_upscaler(**options: Any) -> list[str]:
+        def change(resources: list[Resource]) -> None:
+            service = _one(resources, "RayService")
+            config = yaml.safe_load(service["spec"]["serveConfigV2"])
+            upscaler = _deployment(config, "Upscaler")
+            upscaler["autoscaling_config"]["max_replicas"] = options.get("max_replicas", 8)
+            upscaler["ray_actor_options"]["num_gpus"] = options.get("num_gpus", 0.75)
+            service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+
+        return validate_resources(_broken(rendered, change), None)
+
+    assert with_upscaler() == []
+    (full,) = with_upscaler(max_replicas=9)
+    assert full == (
+        "ray.io/v1/RayService/superres: a superres.Upscaler replica (3.0 CPU, 0.75 GPU) finds "
+        "no room: the pods are full at max_replicas"
+    )
+    (too_big,) = with_upscaler(num_gpus=2)
+    assert too_big.endswith("finds no room: no pod is that large")
+
+    def auto_ingress(resources: list[Resource]) -> None:
+        service = _one(resources, "RayService")
+        config = yaml.safe_load(service["spec"]["serveConfigV2"])
+        ingress = _deployment(config, "Ingress")
+        del ingress["autoscaling_config"]
+        ingress["num_replicas"] = "auto"  # Serve's default autoscaling: up to 100 replicas
+        service["spec"]["serveConfigV2"] = yaml.safe_dump(config)
+
+    (auto,) = validate_resources(_broken(rendered, auto_ingress), None)
+    assert "a superres.Ingress replica (0.5 CPU, 0.0 GPU)" in auto
+    assert auto.endswith("the pods are full at max_replicas")
+
+
+def test_memory_and_secret_checks(rendered: dict[str, list[Resource]]) -> None:
+    def shrink_shm(resources: list[Resource]) -> None:
+        spec = _cluster(resources)["workerGroupSpecs"][0]["template"]["spec"]
+        spec["volumes"][0]["emptyDir"]["sizeLimit"] = "8Gi"
+
+    (shm,) = validate_resources(_broken(rendered, shrink_shm), None)
+    assert shm == (
+        "ray.io/v1/RayService/superres workers gpu-workers: need object-store-memory "
+        "(10000000000) < /dev/shm (8Gi) < memory limit (48Gi)"
+    )
+
+    def own_probe(resources: list[Resource]) -> None:
+        container = _cluster(resources)["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+        container["readinessProbe"] = {"httpGet": {"path": "/healthz", "port": 8000}}
+
+    assert validate_resources(_broken(rendered, own_probe), None) == [
+        "ray.io/v1/RayService/superres workers gpu-workers: leave the probes to KubeRay "
+        "(it checks Serve's health)"
+    ]
+
+    def inline_secret(resources: list[Resource]) -> None:
+        container = _cluster(resources)["headGroupSpec"]["template"]["spec"]["containers"][0]
+        container["env"][1] = {"name": "SUPERRES_S3_SECRET_ACCESS_KEY", "value": "hunter22"}
+
+    assert validate_resources(_broken(rendered, inline_secret), None) == [
+        "ray.io/v1/RayService/superres ray-head SUPERRES_S3_SECRET_ACCESS_KEY: inlined; "
+        "use valueFrom.secretKeyRef"
+    ]
+
+    def unknown_configmap(resources: list[Resource]) -> None:
+        job = _one(resources, "Job", "superres-stage-weights")
+        job["spec"]["template"]["spec"]["containers"][0]["envFrom"][2]["configMapRef"]["name"] = (
+            "superres-weight"
+        )
+
+    assert validate_resources(_broken(rendered, unknown_configmap), None) == [
+        "batch/v1/Job/superres-stage-weights: ConfigMap superres-weight is not defined"
+    ]
+
+
+def test_endpoint_checks(rendered: dict[str, list[Resource]]) -> None:
+    def set_env(**values: str) -> Callable[[list[Resource]], None]:
+        return lambda rs: _one(rs, "ConfigMap", "superres-env")["data"].update(values)
+
+    assert validate_resources(
+        _broken(rendered, set_env(SUPERRES_S3_PUBLIC_ENDPOINT_URL="https://s3.other.org")), None
+    ) == [
+        "SUPERRES_S3_PUBLIC_ENDPOINT_URL host 's3.other.org' is not an Ingress host routed to "
+        "minio (routed: ['s3.superres.example.com'])"
+    ]
+    assert validate_resources(
+        _broken(rendered, set_env(SUPERRES_WEIGHTS_MIRRORS="http://minio:9000/weights")), None
+    ) == [
+        "SUPERRES_WEIGHTS_MIRRORS must be http://minio:9000/superres-weights "
+        "(endpoint + WEIGHTS_BUCKET)"
+    ]
+
+
+def test_parse_quantity() -> None:
+    assert parse_quantity("500m") == 0.5
+    assert parse_quantity("48Gi") == 48 * 2**30
+    assert parse_quantity("1G") == 1e9
+    assert parse_quantity(2) == 2
+    with pytest.raises(ManifestError):
+        parse_quantity("2 cores")
+
+
+# --- the generator --------------------------------------------------------------------------------
+
+
+def test_merge_config_merges_by_name_replaces_lists_and_deletes_nulls() -> None:
+    base: dict[str, Any] = {
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "applications": [
+            {
+                "name": "a",
+                "import_path": "m:f",
+                "args": {"models": ["x", "y"]},
+                "deployments": [
+                    {"name": "D", "num_replicas": 2, "ray_actor_options": {"num_cpus": 1}}
+                ],
+            }
+        ],
+    }
+    overrides: dict[str, Any] = {
+        "http_options": {"host": "0.0.0.0"},
+        "applications": [
+            {
+                "name": "a",
+                "args": {"models": ["z"]},
+                "deployments": [
+                    {"name": "D", "num_replicas": None, "ray_actor_options": {"num_gpus": 1}}
+                ],
+            },
+            {"name": "b", "import_path": "n:g"},
+        ],
+    }
+    merged = generate.merge_config(base, overrides)
+    assert merged == {
+        "http_options": {"host": "0.0.0.0", "port": 8000},
+        "applications": [
+            {
+                "name": "a",
+                "import_path": "m:f",
+                "args": {"models": ["z"]},
+                "deployments": [{"name": "D", "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}],
+            },
+            {"name": "b", "import_path": "n:g"},
+        ],
+    }
+    assert base["http_options"]["host"] == "127.0.0.1"  # inputs untouched
+    with pytest.raises(ManifestError, match=r"no entry named 'Upscalr'.*known: D"):
+        generate.merge_config(
+            base, {"applications": [{"name": "a", "deployments": [{"name": "Upscalr"}]}]}
+        )
+    with pytest.raises(ManifestError, match="no entry named 'c'"):
+        generate.merge_config(base, {"applications": [{"name": "c", "args": {}}]})
+
+
+def test_gpu_overrides_hold_only_differences() -> None:
+    base = generate.load_yaml(REPO / generate.SERVE_CONFIG)
+    overrides = generate.load_yaml(REPO / generate.GPU_OVERRIDES)
+    merged = generate.merge_config(base, overrides)
+    assert merged != base
+
+    def leaves(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, (*path, key))
+        elif isinstance(node, list) and all(isinstance(i, dict) and "name" in i for i in node):
+            for item in node:
+                yield from leaves(
+                    {k: v for k, v in item.items() if k != "name"}, (*path, item["name"])
+                )
+        else:
+            yield path, node
+
+    base_leaves = dict(leaves(base))
+    same = [path for path, value in leaves(overrides) if base_leaves.get(path, object()) == value]
+    assert same == [], f"gpu-overrides.yaml repeats values of serve_config.yaml: {same}"
+
+
+def test_gpu_user_configs_pass_the_deployments_own_models() -> None:
+    from deployments.config import FaceConfig, UpscalerConfig
+
+    models: dict[str, type[BaseModel]] = {"Upscaler": UpscalerConfig, "FaceRestorer": FaceConfig}
+    overrides = generate.load_yaml(REPO / generate.GPU_OVERRIDES)
+    checked = []
+    for dep in overrides["applications"][0]["deployments"]:
+        if dep["name"] in models and "user_config" in dep:
+            parsed = models[dep["name"]].model_validate(dep["user_config"])
+            assert parsed.model_dump(include=set(dep["user_config"])) == dep["user_config"]
+            checked.append(dep["name"])
+    assert checked == ["Upscaler", "FaceRestorer"]
+
+
+def test_staged_models_follow_the_config() -> None:
+    config: dict[str, Any] = {
+        "applications": [
+            {
+                "name": "superres",
+                "args": {
+                    "default_model": "realesrgan-x4plus",
+                    "models": ["realesrgan-x4plus", "realesr-general-x4v3", "4x-mine"],
+                    "custom_models": [
+                        {"name": "4x-mine", "url": "https://x/y.pth", "sha256": "0" * 64}
+                    ],
+                    "face_enhance": True,
+                },
+            }
+        ]
+    }
+    assert generate.staged_models(config) == [
+        "realesrgan-x4plus",
+        "realesr-general-x4v3",
+        "gfpgan-v1.4",
+        "retinaface-r50",
+        "parsenet",
+    ]
+    config["applications"][0]["args"]["face_enhance"] = False
+    assert generate.staged_models(config) == ["realesrgan-x4plus", "realesr-general-x4v3"]
+    # Upstream publishes no hash for animevideov3: no replica would take it from a mirror.
+    config["applications"][0]["args"]["models"].append("realesr-animevideov3")
+    assert "realesr-animevideov3" in generate.wanted_models(config)
+    assert generate.staged_models(config) == ["realesrgan-x4plus", "realesr-general-x4v3"]
+    config["applications"][0]["args"]["models"].append("realesrgan-x8")
+    with pytest.raises(ManifestError, match="unknown model 'realesrgan-x8'"):
+        generate.staged_models(config)
+
+
+def test_weights_configmap_lists_the_models_of_each_overlay(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    for overlay in OVERLAYS:
+        models = _one(rendered[overlay], "ConfigMap", "superres-weights")["data"]["MODELS"].split()
+        assert models == generate.staged_models(_serve_config(rendered[overlay]))
+        assert "realesrgan-x4plus" in models
+        assert "gfpgan-v1.4" in models
+
+
+def test_image_constraints_satisfy_pyproject(tmp_path: Path) -> None:
+    assert generate.constraint_problems(REPO) == []
+    pins = generate.read_constraints(REPO / generate.CONSTRAINTS)
+    assert pins["ray"] == ray.__version__
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / generate.CONSTRAINTS).parent.mkdir(parents=True)
+    (tmp_path / generate.CONSTRAINTS).write_text("ray==2.59.0\ntorch==2.14.1\n")
+    problems = generate.constraint_problems(tmp_path)
+    assert "k8s/image/constraints.txt: ray==2.59.0 is outside ==2.60.0" in problems
+    assert "k8s/image/constraints.txt: spandrel is not pinned" in problems
+
+
+# --- the kustomize subset -------------------------------------------------------------------------
+
+
+def test_json_patch_operations() -> None:
+    doc = {"spec": {"list": [{"name": "a"}], "keep": 1, "drop": 2}}
+    ops = [
+        {"op": "test", "path": "/spec/list/0/name", "value": "a"},
+        {"op": "add", "path": "/spec/list/-", "value": {"name": "b"}},
+        {"op": "add", "path": "/spec/list/0", "value": {"name": "first"}},
+        {"op": "replace", "path": "/spec/keep", "value": {"x": 1}},
+        {"op": "remove", "path": "/spec/drop"},
+        {"op": "add", "path": "/spec/a~1b", "value": 3},
+    ]
+    assert apply_json_patch(doc, ops) == {
+        "spec": {
+            "list": [{"name": "first"}, {"name": "a"}, {"name": "b"}],
+            "keep": {"x": 1},
+            "a/b": 3,
+        }
+    }
+    assert doc["spec"]["keep"] == 1
+    with pytest.raises(ManifestError, match="test failed at /spec/list/0/name"):
+        apply_json_patch(doc, [{"op": "test", "path": "/spec/list/0/name", "value": "b"}])
+    with pytest.raises(ManifestError, match="path not found: /spec/missing"):
+        apply_json_patch(doc, [{"op": "replace", "path": "/spec/missing", "value": 1}])
+    with pytest.raises(ManifestError, match="bad list index '5'"):
+        apply_json_patch(doc, [{"op": "remove", "path": "/spec/list/5"}])
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump_all(data) if isinstance(data, tuple) else yaml.safe_dump(data))
+
+
+def test_render_applies_resources_patches_images_and_namespace(tmp_path: Path) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "app"},
+                {"name": "d", "image": "reg:5000/other:1"},
+            ]
+        },
+    }
+    custom = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": "r"},
+        "spec": {
+            "x": {"template": {"spec": {"initContainers": [{"name": "i", "image": "app:old"}]}}}
+        },
+    }
+    _write(tmp_path / "base/kustomization.yaml", {"resources": ["res.yaml"]})
+    _write(tmp_path / "base/res.yaml", (pod, custom))
+    _write(
+        tmp_path / "over/kustomization.yaml",
+        {
+            "namespace": "ns",
+            "resources": ["../base"],
+            "patches": [
+                {"path": "p.yaml", "target": {"group": "ray.io", "kind": "RayService", "name": "r"}}
+            ],
+            "images": [
+                {"name": "app", "newName": "registry.example.com/app", "newTag": "2"},
+                {"name": "reg:5000/other", "digest": "sha256:abc"},
+            ],
+        },
+    )
+    _write(tmp_path / "over/p.yaml", [{"op": "add", "path": "/spec/y", "value": 1}])
+    out = render(tmp_path / "over")
+    assert [r["metadata"]["namespace"] for r in out] == ["ns", "ns"]
+    assert [c["image"] for c in out[0]["spec"]["containers"]] == [
+        "registry.example.com/app:2",
+        "reg:5000/other@sha256:abc",
+    ]
+    assert out[1]["spec"]["x"]["template"]["spec"]["initContainers"][0]["image"] == (
+        "registry.example.com/app:2"
+    )
+    assert out[1]["spec"]["y"] == 1
+    assert "y" not in out[0]["spec"]
+
+    _write(
+        tmp_path / "bad/kustomization.yaml", {"resources": ["../base"], "commonLabels": {"a": "b"}}
+    )
+    with pytest.raises(ManifestError, match=r"unsupported fields \['commonLabels'\]"):
+        render(tmp_path / "bad")
+    _write(
+        tmp_path / "nomatch/kustomization.yaml",
+        {
+            "resources": ["../base"],
+            "patches": [{"path": "../over/p.yaml", "target": {"kind": "Deployment"}}],
+        },
+    )
+    with pytest.raises(ManifestError, match="no resource matches target"):
+        render(tmp_path / "nomatch")
+    _write(tmp_path / "twice/kustomization.yaml", {"resources": ["../base", "../base/res.yaml"]})
+    with pytest.raises(ManifestError, match="v1/Pod/p is defined twice"):
+        render(tmp_path / "twice")
+
+
+# --- the image ------------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_on_the_matching_ray_image_and_starts_nothing() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)$", text, re.MULTILINE)
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert base == f"rayproject/ray:{ray.__version__}-{py}-gpu"
+    assert re.search(r"^FROM \$\{RAY_IMAGE\}$", text, re.MULTILINE)
+    assert f"ray.__version__ == '{ray.__version__}'" in text
+    instructions = {line.split()[0] for line in text.splitlines() if line and line[0].isupper()}
+    assert not instructions & {"CMD", "ENTRYPOINT"}, "KubeRay starts Ray: the image starts nothing"
+    copied = [
+        src
+        for line in text.splitlines()
+        if line.startswith("COPY ")
+        for src in line.split()[1:-1]
+        if not src.startswith("--")
+    ]
+    readme = generate.tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
+    assert readme in copied, "pip install . needs the readme pyproject.toml names"
+    for src in copied:
+        assert src == readme or (REPO / src).exists(), f"Dockerfile copies missing {src}"
+    for package in ("models", "deployments", "serve_app"):
+        assert package in copied
+    assert "--constraint constraints.txt" in text
+    assert '".[offline-weights]"' in text and generate.IMAGE_EXTRAS == ("offline-weights",)
+
+
+def test_dockerignore_keeps_the_context_small_but_keeps_the_constraints() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    for pattern in (".git", ".venv", "tests", "k8s", "!k8s/image/constraints.txt"):
+        assert pattern in lines
+    assert lines.index("k8s") < lines.index("!k8s/image/constraints.txt")
+    for package in ("models", "deployments", "serve_app", "pyproject.toml"):
+        assert package not in lines
+
+
+# --- the storage Jobs -----------------------------------------------------------------------------
+
+
+def _missing(operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, operation)
+
+
+class FakeS3:
+    """The few S3 calls the Jobs make, on dictionaries."""
+
+    def __init__(self, buckets: set[str] | None = None) -> None:
+        self.buckets = buckets or set()
+        self.objects: dict[tuple[str, str], int] = {}
+        self.policies: dict[str, str] = {}
+        self.lifecycles: dict[str, Any] = {}
+        self.uploads: list[str] = []
+        self.down_for = 0
+
+    def list_buckets(self) -> dict[str, Any]:
+        if self.down_for > 0:
+            self.down_for -= 1
+            raise ConnectionError("connection refused")
+        return {"Buckets": [{"Name": b} for b in sorted(self.buckets)]}
+
+    def head_bucket(self, *, Bucket: str) -> dict[str, Any]:
+        if Bucket not in self.buckets:
+            raise _missing("HeadBucket")
+        return {}
+
+    def create_bucket(self, *, Bucket: str) -> dict[str, Any]:
+        self.buckets.add(Bucket)
+        return {}
+
+    def put_bucket_policy(self, *, Bucket: str, Policy: str) -> None:
+        self.policies[Bucket] = Policy
+
+    def put_bucket_lifecycle_configuration(
+        self, *, Bucket: str, LifecycleConfiguration: Any
+    ) -> None:
+        self.lifecycles[Bucket] = LifecycleConfiguration
+
+    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
+        if (Bucket, Key) not in self.objects:
+            raise _missing("HeadObject")
+        return {"ContentLength": self.objects[(Bucket, Key)]}
+
+    def upload_file(self, Filename: str, Bucket: str, Key: str) -> None:
+        self.objects[(Bucket, Key)] = Path(Filename).stat().st_size
+        self.uploads.append(Key)
+
+
+def test_setup_creates_buckets_policy_and_expiry_and_can_run_again() -> None:
+    s3 = FakeS3({"superres-results"})
+    for _ in range(2):
+        storage_jobs.setup(s3, results="superres-results", prefix="results/", days=7, weights="w")
+    assert s3.buckets == {"superres-results", "w"}
+    policy = json.loads(s3.policies["w"])
+    assert policy["Statement"] == [
+        {
+            "Sid": "PublicReadWeights",
+            "Effect": "Allow",
+            "Principal": {"AWS": ["*"]},
+            "Action": ["s3:GetObject"],
+            "Resource": ["arn:aws:s3:::w/*"],
+        }
+    ]
+    assert s3.lifecycles == {
+        "superres-results": {
+            "Rules": [
+                {
+                    "ID": "expire-results",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": "results/"},
+                    "Expiration": {"Days": 7},
+                }
+            ]
+        }
+    }
+    assert "superres-results" not in s3.policies  # results stay private: presigned URLs only
+    with pytest.raises(storage_jobs.StorageJobError, match="1 or more"):
+        storage_jobs.setup(s3, results="r", prefix="", days=0, weights="w")
+
+
+def test_stage_weights_fetches_with_the_cli_and_uploads_what_is_missing(tmp_path: Path) -> None:
+    s3 = FakeS3({"w"})
+    s3.objects[("w", "A.pth")] = 3  # already staged, same size
+    s3.objects[("w", "B.pth")] = 1  # a different size: uploaded again
+    commands: list[list[str]] = []
+
+    def fake_cli(cmd: Any) -> int:
+        commands.append(list(cmd))
+        name, cache = cmd[4], Path(cmd[6])
+        if name == "broken":
+            (cache / "C.pth.part").write_bytes(b"xx")
+            return 1
+        outputs = {"a": ["A.pth"], "b": ["B.pth", "B-wdn.pth", "B.pth.lock", "b.ncnn.safetensors"]}
+        files = outputs[name]
+        for filename in files:
+            (cache / filename).write_bytes(b"abc")
+        return 0
+
+    cache = tmp_path / "cache"
+    failed = storage_jobs.stage_weights(
+        s3, models=["a", "broken", "b"], cache_dir=cache, bucket="w", run=fake_cli
+    )
+    assert failed == ["broken"]
+    assert commands[0] == [sys.executable, "-m", "models", "fetch", "a", "--cache-dir", str(cache)]
+    assert [c[4] for c in commands] == ["a", "broken", "b"]
+    assert s3.uploads == ["B-wdn.pth", "B.pth"]
+    assert s3.objects[("w", "B.pth")] == 3
+    with pytest.raises(storage_jobs.StorageJobError, match="MODELS is empty"):
+        storage_jobs.stage_weights(s3, models=[], cache_dir=cache, bucket="w", run=fake_cli)
+
+
+def test_wait_for_s3_polls_until_the_store_answers_then_gives_up() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    s3 = FakeS3()
+    s3.down_for = 3
+    storage_jobs.wait_for_s3(s3, 60, interval_s=3, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 9.0
+    s3.down_for = 1000
+    with pytest.raises(storage_jobs.StorageJobError, match="unreachable after 60 s"):
+        storage_jobs.wait_for_s3(s3, 60, interval_s=3, clock=lambda: now[0], sleep=sleep)
+    assert 1000 - s3.down_for == 21  # at 0, 3, ..., 60 s
+
+
+def test_storage_jobs_report_missing_settings(caplog: pytest.LogCaptureFixture) -> None:
+    assert storage_jobs.main(["setup"], env={}) == 2
+    assert "SUPERRES_S3_ENDPOINT_URL is not set" in caplog.text
+
+
+def test_storage_jobs_script_needs_only_the_standard_library_and_boto3() -> None:
+    tree = ast.parse((REPO / generate.JOBS_SCRIPT).read_text())
+    imported = {
+        (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"boto3", "botocore"}
+
+
+def test_jobs_and_ray_pods_share_one_settings_source(rendered: dict[str, list[Resource]]) -> None:
+    resources = rendered["gpu"]
+    env_users = [
+        c["name"]
+        for r in resources
+        for spec in _pod_specs(r)
+        for c in spec.get("containers", [])
+        if {"configMapRef": {"name": "superres-env"}} in c.get("envFrom", [])
+    ]
+    assert sorted(env_users) == ["ray-head", "ray-worker", "setup", "stage-weights"]
+
+
+def _pod_specs(resource: Resource) -> list[dict[str, Any]]:
+    if resource["kind"] == "Job":
+        return [resource["spec"]["template"]["spec"]]
+    if resource["kind"] == "RayService":
+        cluster = resource["spec"]["rayClusterConfig"]
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        return [g["template"]["spec"] for g in groups]
+    return []
