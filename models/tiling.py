@@ -1,0 +1,182 @@
+"""Split one image plane into equal model-input tiles and blend the upscaled tiles back seamlessly.
+
+Each tile is a window of ``tile`` x ``tile`` input pixels. Near an edge shared with a neighbour a
+tile's output is wrong (its convolutions see the tile's zero padding, not the image), so neighbours
+overlap and cross-fade through a cosine ramp ``blend`` pixels wide, centred in the middle of their
+overlap: every output pixel then comes from tiles where it lies at least ``pad`` pixels inside. The
+overlap is at least ``2*pad + blend``; windows are spread evenly, the first and last flush with the
+image edges (any extra overlap only adds context). An image smaller than a tile is one window of its
+own size. All windows of a job have the same shape, so a batching layer can stack them.
+
+The blend weights of a window are the outer product of two 1-D ramps, and the windows form a grid,
+so normalising each axis's ramps to sum to one makes the 2-D weights sum to one everywhere: the output
+canvas is a plain sum, with no weight canvas beside it. The canvas lives in host memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.errors import InvalidOptionError, UnsupportedModelError
+
+MIN_TILE = 16
+MAX_TILE = 4096
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOptionError(f"{name} must be an integer (got {value!r})")
+    if value < minimum:
+        raise InvalidOptionError(f"{name} must be at least {minimum} (got {value})")
+    return value
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How to tile: ``tile`` is the model-input window, ``pad`` the least context kept between a
+    used output pixel and an inner tile edge, ``blend`` the cross-fade width (all input pixels).
+
+    Defaults measured by ``bench/tiling_error.py`` on Real-ESRGAN x4plus.
+    """
+
+    tile: int = 256
+    pad: int = 32
+    blend: int = 16
+
+    def __post_init__(self) -> None:
+        _check_int("tile", self.tile, MIN_TILE)
+        _check_int("pad", self.pad, 0)
+        _check_int("blend", self.blend, 0)
+        if self.tile > MAX_TILE:
+            raise InvalidOptionError(f"tile must be at most {MAX_TILE} (got {self.tile})")
+        least = max(8, self.tile // 4)
+        if self.stride < least:
+            raise InvalidOptionError(
+                f"pad and blend leave too little of each tile: tile - 2*pad - blend must be at "
+                f"least {least} (tile={self.tile}, pad={self.pad}, blend={self.blend}); raise tile "
+                f"or lower pad or blend"
+            )
+
+    @property
+    def stride(self) -> int:
+        """Largest distance between neighbouring windows that still leaves ``blend`` of overlap."""
+        return self.tile - 2 * self.pad - self.blend
+
+
+DEFAULT_TILE = TileConfig()
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Evenly spread starts of windows covering ``length``, first at 0 and last flush with the end."""
+    if length <= window:
+        return [0]
+    count = math.ceil((length - window) / stride) + 1
+    return [round(i * (length - window) / (count - 1)) for i in range(count)]
+
+
+def _rise(distance: np.ndarray, width: float) -> np.ndarray:
+    """0 up to ``-width/2``, a cosine ramp to 1 at ``+width/2`` (a step at 0 when width is 0)."""
+    if width == 0:
+        return (distance >= 0).astype(np.float64)
+    ramp = np.clip(distance / width + 0.5, 0.0, 1.0)
+    return 0.5 - 0.5 * np.cos(np.pi * ramp)
+
+
+def _axis_weights(
+    length: int, window: int, config: TileConfig, scale: int
+) -> tuple[list[int], list[np.ndarray]]:
+    """Window starts along one axis and each window's normalised output-space weights.
+
+    Neighbours cross-fade around the middle of their overlap, so each output pixel comes from the
+    window where it lies deepest, at least ``pad`` from any inner edge.
+    """
+    starts = window_starts(length, window, config.stride)
+    centres = np.arange(window * scale) + 0.5
+    total = np.zeros(length * scale)
+    raw = []
+    for i, start in enumerate(starts):
+        weight = np.ones(window * scale)
+        if i > 0:
+            middle = (starts[i - 1] + window + start) / 2 - start
+            weight = np.minimum(weight, _rise(centres - middle * scale, config.blend * scale))
+        if i < len(starts) - 1:
+            middle = (start + window + starts[i + 1]) / 2 - start
+            weight = np.minimum(weight, _rise(middle * scale - centres, config.blend * scale))
+        raw.append(weight)
+        total[start * scale : (start + window) * scale] += weight
+    if not np.all(total > 0):  # the stride bound in TileConfig rules this out
+        raise RuntimeError(f"tiles leave a gap: length={length}, window={window}, {config}")
+    weights = [
+        (w / total[s * scale : (s + window) * scale]).astype(np.float32)
+        for s, w in zip(starts, raw, strict=True)
+    ]
+    return starts, weights
+
+
+def _support(weight: np.ndarray) -> slice:
+    """The part of a window whose weight is not zero (the pad zones drop out)."""
+    nonzero = np.flatnonzero(weight)
+    return slice(int(nonzero[0]), int(nonzero[-1]) + 1)
+
+
+class TiledJob:
+    """Tiles of one H x W x 3 float32 plane, and the canvas their upscaled outputs blend into.
+
+    ``tiles[i]`` is 3 x th x tw float32 (all the same shape); give its model output, 3 x th*scale x
+    tw*scale, to ``put(i, output)``; after every tile is in, ``result()`` is the H*scale x W*scale x 3
+    plane. One job serves one request: it is not shared.
+    """
+
+    def __init__(self, plane: np.ndarray, scale: int, config: TileConfig) -> None:
+        if plane.ndim != 3 or plane.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 plane, got shape {plane.shape}")
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        height, width = int(plane.shape[0]), int(plane.shape[1])
+        self.scale = scale
+        self.tile_height = min(config.tile, height)
+        self.tile_width = min(config.tile, width)
+        self._ys, self._wy = _axis_weights(height, self.tile_height, config, scale)
+        self._xs, self._wx = _axis_weights(width, self.tile_width, config, scale)
+        chw = np.ascontiguousarray(plane.transpose(2, 0, 1), dtype=np.float32)
+        self.tiles: list[np.ndarray] = [
+            np.ascontiguousarray(chw[:, y : y + self.tile_height, x : x + self.tile_width])
+            for y in self._ys
+            for x in self._xs
+        ]
+        self._canvas = np.zeros((height * scale, width * scale, 3), dtype=np.float32)
+        self._pending = set(range(len(self.tiles)))
+
+    @property
+    def overhead(self) -> float:
+        """Input pixels the model computes per image pixel (1.0 when the image is a single tile)."""
+        computed = len(self.tiles) * self.tile_height * self.tile_width
+        return computed / (self._canvas.shape[0] * self._canvas.shape[1] / self.scale**2)
+
+    def put(self, index: int, output: np.ndarray) -> None:
+        """Blend the model's output for ``tiles[index]`` into the canvas."""
+        if index not in self._pending:
+            raise ValueError(f"tile {index} is out of range or was already put")
+        expected = (3, self.tile_height * self.scale, self.tile_width * self.scale)
+        if output.shape != expected:
+            raise UnsupportedModelError(
+                f"the model returned a tile of shape {output.shape}, expected {expected}: "
+                f"is its scale really {self.scale}?"
+            )
+        row, col = divmod(index, len(self._xs))
+        wy, wx = self._wy[row], self._wx[col]
+        sy, sx = _support(wy), _support(wx)
+        y0, x0 = self._ys[row] * self.scale, self._xs[col] * self.scale
+        part = output[:, sy, sx].transpose(1, 2, 0).astype(np.float32, copy=False)
+        region = self._canvas[y0 + sy.start : y0 + sy.stop, x0 + sx.start : x0 + sx.stop]
+        region += part * wy[sy, None, None] * wx[None, sx, None]
+        self._pending.discard(index)
+
+    def result(self) -> np.ndarray:
+        """The blended H*scale x W*scale x 3 plane (not clipped)."""
+        if self._pending:
+            raise RuntimeError(f"{len(self._pending)} of {len(self.tiles)} tiles were never put")
+        return self._canvas
