@@ -5,8 +5,6 @@ message naming the field. Infrastructure settings (S3, weights cache) come from 
 through ``Settings`` and are handed to each deployment.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,7 +44,7 @@ class AppArgs(BaseModel):
     limits: Limits = Field(default_factory=Limits)
 
     @model_validator(mode="after")
-    def _consistent(self) -> AppArgs:
+    def _consistent(self) -> "AppArgs":
         registry = build_registry(self.custom_models)  # also rejects duplicate names
         upscalers = set(registry.names(ModelKind.UPSCALE))
         served = set(self.models) | {c.name for c in self.custom_models}
@@ -64,7 +62,12 @@ class AppArgs(BaseModel):
         return self
 
 
-def build_app(
+def build_app(args: AppArgs) -> Application:
+    """The builder ``serve run``/``serve deploy`` call (Serve requires exactly one parameter)."""
+    return build(args)
+
+
+def build(
     args: AppArgs,
     settings: Settings | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,

@@ -85,7 +85,7 @@ def serve_app(
     import ray
     from ray import serve
 
-    from serve_app.app import APP_NAME, AppArgs, build_app
+    from serve_app.app import APP_NAME, AppArgs, build
     from serve_app.settings import Settings
 
     storage = s3_server.settings(bucket="superres-test")
@@ -111,7 +111,7 @@ def serve_app(
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build_app(args, settings, {"Upscaler": {"user_config": UPSCALER_TEST_CONFIG}}),
+        build(args, settings, {"Upscaler": {"user_config": UPSCALER_TEST_CONFIG}}),
         name=APP_NAME,
         route_prefix="/",
     )

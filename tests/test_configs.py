@@ -32,3 +32,15 @@ def test_a_typo_in_args_fails_with_a_message_naming_it() -> None:
         AppArgs.model_validate({"defualt_model": "realesrgan-x4plus"})
     with pytest.raises(ValueError, match="tile must be at least"):
         UpscalerConfig.model_validate({"tile": 4})
+
+
+def test_serve_can_call_the_builder_with_the_config_args() -> None:
+    """What `serve run configs/serve_config.yaml` does first, without starting Ray."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.deployment import Application
+
+    from serve_app.app import build_app
+
+    config = yaml.safe_load((CONFIGS / "serve_config.yaml").read_text())
+    app = call_user_app_builder_with_args_if_necessary(build_app, config["applications"][0]["args"])
+    assert isinstance(app, Application)

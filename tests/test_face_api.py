@@ -70,7 +70,7 @@ def test_face_endpoints_answer_503_without_weights(serve_app) -> None:
 def face_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[str]:
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.app import AppArgs, build
 
     torch.manual_seed(0)
     path = Path(tmp_path_factory.mktemp("gfpgan")) / "GFPGANv1.4-random.pth"
@@ -84,7 +84,7 @@ def face_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[str]:
         face_weights={"gfpgan-v1.4": {"path": str(path), "sha256": sha}},
     )
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
-    app = build_app(args, serve_app.settings, face_detector=AstronautDetector())
+    app = build(args, serve_app.settings, face_detector=AstronautDetector())
     serve.run(app, name="faces-test", route_prefix="/faces-test")
     yield f"{serve_app.url}/faces-test"
     serve.delete("faces-test")
