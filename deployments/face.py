@@ -121,6 +121,7 @@ class FaceRestorer:
                 "kind": Registry().get(name).kind.value,
                 "scale": None,
                 "ready": name in self._origins,
+                "status": "loaded" if name in self._origins else "unavailable",
                 "weights_source": self._origins.get(name),
                 "error": self._errors.get(name),
             }

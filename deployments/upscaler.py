@@ -197,6 +197,11 @@ class Upscaler:
                     "supports_denoise": spec.supports_denoise,
                     "description": spec.description,
                     "loaded": bool(ids),
+                    "status": "loaded"
+                    if ids
+                    else "unavailable"
+                    if errors
+                    else "loads on first use",
                     "weights_source": loaded[ids[0]].source if ids else None,
                     "error": errors[0] if errors and not ids else None,
                 }

@@ -212,7 +212,11 @@ class Ingress:
         except Exception as exc:
             checks["storage"] = {"ready": False, "error": str(exc)}
         if self._faces is not None:
-            checks["face"] = {m["name"]: m["ready"] for m in await self._faces.models.remote()}
+            try:  # a FaceRestorer still fetching weights must not stall readiness probes
+                faces = await asyncio.wait_for(self._faces.models.remote(), timeout=2)
+                checks["face"] = {m["name"]: m["ready"] for m in faces}
+            except TimeoutError:
+                checks["face"] = "starting"
         ready = checks["default_model"]["ready"] and checks["storage"]["ready"]
         headers = None if ready else {"Retry-After": "5"}
         return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, headers)

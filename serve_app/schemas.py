@@ -34,6 +34,7 @@ class ModelInfo(BaseModel):
     kind: str
     scale: int | None
     ready: bool
+    status: str = Field(description='"loaded", "loads on first use" or "unavailable" (see error)')
     weights_source: str | None = None
     error: str | None = None
 

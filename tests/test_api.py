@@ -194,6 +194,7 @@ def test_health_models_and_docs(serve_app) -> None:
         assert ready["ready"] and ready["checks"]["default_model"]["ready"]
         models = {m["name"]: m for m in client.get("/v1/models").json()}
         assert models["tiny-x4"]["ready"] and models["tiny-x4"]["scale"] == 4
+        assert models["tiny-x4"]["status"] == "loaded"
         assert "path" in models["tiny-x4"]["weights_source"]
         assert models["realesrgan-x4plus"]["kind"] == "upscale"
         assert "/v1/upscale" in client.get("/openapi.json").json()["paths"]
