@@ -165,13 +165,13 @@ class Upscaler:
         if options.model not in self._served:
             raise UnknownModelError(options.model, sorted(self._served))
         spec = self._provider.upscale_spec(options.model)
-        outscale = options.scale or spec.scale
-        if outscale is not None:
-            check_output_size(*output_size(image.height, image.width, outscale), limits)
-        loaded = await self.get_model(variant_id(spec, options.denoise))
-        network = loaded.upscaler
+        known_scale = options.scale or spec.scale  # a user model's scale is known once loaded
+        if known_scale is not None:  # refuse before a possibly slow model load
+            check_output_size(*output_size(image.height, image.width, known_scale), limits)
+        network = (await self.get_model(variant_id(spec, options.denoise))).upscaler
         outscale = options.scale or network.scale
-        check_output_size(*output_size(image.height, image.width, outscale), limits)
+        if known_scale is None:
+            check_output_size(*output_size(image.height, image.width, outscale), limits)
 
         async def forward(tile: np.ndarray) -> np.ndarray:
             return await self.forward_tiles(_TileRequest(network, tile))

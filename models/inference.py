@@ -2,9 +2,9 @@
 
 The model is only ever a function of a batch of equal-size tiles, so precision, device and batching
 across requests live elsewhere. Gray images and alpha go through the colour model as replicated
-3-channel planes (as upstream Real-ESRGAN does) and come back as the channel mean. Any ``outscale`` is
-the network's scale followed by a high-quality resize. Everything per request is local: concurrent
-calls share nothing.
+3-channel planes (as upstream Real-ESRGAN does) and come back as the channel mean. Any
+``outscale`` is the network's scale followed by a high-quality resize. Everything per request is
+local: concurrent calls share nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ AsyncTileForward = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 MIN_OUTSCALE = 1.0
 MAX_OUTSCALE = 8.0
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(f"{name} must be a positive integer (got {value!r})")
 
 
 def check_outscale(outscale: float) -> float:
@@ -73,12 +78,16 @@ def _as_rgb(plane: np.ndarray) -> np.ndarray:
 
 
 def _plan(image: Image, scale: int, outscale: float | None, tile: TileConfig) -> _Plan:
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise InvalidOptionError(f"scale must be a positive integer (got {scale!r})")
+    _check_positive("scale", scale)
     size = output_size(image.height, image.width, scale if outscale is None else outscale)
     color = TiledJob(_as_rgb(image.color), scale, tile)
     alpha = None if image.alpha is None else TiledJob(_as_rgb(image.alpha), scale, tile)
     return _Plan(image, size, color, alpha)
+
+
+def _work(plan: _Plan) -> list[tuple[TiledJob, int]]:
+    """Every (job, tile index) of a request."""
+    return [(job, index) for job in plan.jobs for index in range(len(job.tiles))]
 
 
 def _resize(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -114,19 +123,18 @@ def upscale_image(
     batch_size: int = 4,
 ) -> Image:
     """Upscale ``image`` by running its tiles through ``forward`` in batches of ``batch_size``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidOptionError(f"batch_size must be a positive integer (got {batch_size!r})")
+    _check_positive("batch_size", batch_size)
     plan = _plan(image, scale, outscale, tile)
-    for job in plan.jobs:
-        for first in range(0, len(job.tiles), batch_size):
-            batch = np.stack(job.tiles[first : first + batch_size])
-            outputs = forward(batch)
-            if len(outputs) != len(batch):
-                raise UnsupportedModelError(
-                    f"the model returned {len(outputs)} outputs for a batch of {len(batch)}"
-                )
-            for offset, output in enumerate(outputs):
-                job.put(first + offset, output)
+    work = _work(plan)  # colour and alpha tiles have the same shape: they share batches
+    for first in range(0, len(work), batch_size):
+        chunk = work[first : first + batch_size]
+        outputs = forward(np.stack([job.tiles[index] for job, index in chunk]))
+        if len(outputs) != len(chunk):
+            raise UnsupportedModelError(
+                f"the model returned {len(outputs)} outputs for a batch of {len(chunk)}"
+            )
+        for (job, index), output in zip(chunk, outputs, strict=True):
+            job.put(index, output)
     return _finish(plan)
 
 
@@ -141,10 +149,7 @@ async def upscale_image_async(
 ) -> Image:
     """Upscale ``image`` submitting each tile on its own, up to ``max_in_flight`` at once, so a
     batching layer can merge them with tiles of concurrent requests."""
-    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
-        raise InvalidOptionError(
-            f"max_in_flight must be a positive integer (got {max_in_flight!r})"
-        )
+    _check_positive("max_in_flight", max_in_flight)
     plan = _plan(image, scale, outscale, tile)
     slots = asyncio.Semaphore(max_in_flight)
 
@@ -152,7 +157,7 @@ async def upscale_image_async(
         async with slots:  # outputs are blended as they come: a big image never holds them all
             job.put(index, await forward_tile(job.tiles[index]))
 
-    tasks = [asyncio.ensure_future(run(job, i)) for job in plan.jobs for i in range(len(job.tiles))]
+    tasks = [asyncio.ensure_future(run(job, index)) for job, index in _work(plan)]
     try:
         await asyncio.gather(*tasks)
     except BaseException:

@@ -9,8 +9,8 @@ image edges (any extra overlap only adds context). An image smaller than a tile 
 own size. All windows of a job have the same shape, so a batching layer can stack them.
 
 The blend weights of a window are the outer product of two 1-D ramps, and the windows form a grid,
-so normalising each axis's ramps to sum to one makes the 2-D weights sum to one everywhere: the output
-canvas is a plain sum, with no weight canvas beside it. The canvas lives in host memory.
+so normalising each axis's ramps to sum to one makes the 2-D weights sum to one everywhere: the
+output canvas is a plain sum, with no weight canvas beside it. The canvas lives in host memory.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ DEFAULT_TILE = TileConfig()
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
-    """Evenly spread starts of windows covering ``length``, first at 0 and last flush with the end."""
+    """Evenly spread window starts over ``length``: the first at 0, the last flush with the end."""
     if length <= window:
         return [0]
     count = math.ceil((length - window) / stride) + 1
@@ -125,9 +125,9 @@ def _support(weight: np.ndarray) -> slice:
 class TiledJob:
     """Tiles of one H x W x 3 float32 plane, and the canvas their upscaled outputs blend into.
 
-    ``tiles[i]`` is 3 x th x tw float32 (all the same shape); give its model output, 3 x th*scale x
-    tw*scale, to ``put(i, output)``; after every tile is in, ``result()`` is the H*scale x W*scale x 3
-    plane. One job serves one request: it is not shared.
+    ``tiles[i]`` is 3 x th x tw float32 (all the same shape); give its model output,
+    3 x th*scale x tw*scale, to ``put(i, output)``; after every tile is in, ``result()`` is the
+    H*scale x W*scale x 3 plane. One job serves one request: it is not shared.
     """
 
     def __init__(self, plane: np.ndarray, scale: int, config: TileConfig) -> None:

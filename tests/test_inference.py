@@ -42,6 +42,12 @@ def compact() -> Forward:
 
 
 @pytest.fixture(scope="module")
+def compact2() -> Forward:
+    torch.manual_seed(2)
+    return _torch_forward(Compact(num_feat=8, num_conv=3, upscale=2))
+
+
+@pytest.fixture(scope="module")
 def rrdb() -> Forward:
     torch.manual_seed(1)
     return _torch_forward(ESRGAN(num_filters=8, num_blocks=1, scale=2))
@@ -129,11 +135,11 @@ def test_output_size_rounds_half_up_and_never_reaches_zero() -> None:
     assert output_size(1, 1, 1) == (1, 1)
 
 
-def test_outscale_resizes_the_network_output(rrdb: Forward) -> None:
+def test_outscale_resizes_the_network_output(compact2: Forward) -> None:
     color = _pixels(24, 28, 3, seed=6)
-    network = upscale_image(Image(color), rrdb, scale=2, tile=SMALL_TILE).color
-    down = upscale_image(Image(color), rrdb, scale=2, outscale=1.5, tile=SMALL_TILE).color
-    up = upscale_image(Image(color), rrdb, scale=2, outscale=3, tile=SMALL_TILE).color
+    network = upscale_image(Image(color), compact2, scale=2, tile=SMALL_TILE).color
+    down = upscale_image(Image(color), compact2, scale=2, outscale=1.5, tile=SMALL_TILE).color
+    up = upscale_image(Image(color), compact2, scale=2, outscale=3, tile=SMALL_TILE).color
     area = cv2.resize(network, (42, 36), interpolation=cv2.INTER_AREA)
     lanczos = np.clip(cv2.resize(network, (84, 72), interpolation=cv2.INTER_LANCZOS4), 0, 1)
     np.testing.assert_allclose(down, area, atol=1e-6)
@@ -162,19 +168,19 @@ def test_a_model_of_the_wrong_scale_is_named() -> None:
 # --- batching -----------------------------------------------------------------------------------
 
 
-def test_batches_hold_equal_tiles_up_to_batch_size(rrdb: Forward) -> None:
+def test_batches_hold_equal_tiles_up_to_batch_size(compact2: Forward) -> None:
     shapes: list[tuple[int, ...]] = []
 
     def recording(batch: np.ndarray) -> np.ndarray:
         shapes.append(batch.shape)
-        return rrdb(batch)
+        return compact2(batch)
 
     image = Image(_pixels(50, 61, 3, seed=7), _pixels(50, 61, seed=8))
     batched = upscale_image(image, recording, scale=2, tile=SMALL_TILE, batch_size=3)
     assert len(shapes) > 2
     assert {shape[1:] for shape in shapes} == {(3, 32, 32)}
     assert max(shape[0] for shape in shapes) == 3
-    single = upscale_image(image, rrdb, scale=2, tile=SMALL_TILE, batch_size=1)
+    single = upscale_image(image, compact2, scale=2, tile=SMALL_TILE, batch_size=1)
     np.testing.assert_allclose(batched.color, single.color, atol=1e-5)
     assert batched.alpha is not None and single.alpha is not None
     np.testing.assert_allclose(batched.alpha, single.alpha, atol=1e-5)
@@ -224,13 +230,13 @@ class _Batcher:
                 future.set_result(output)
 
 
-def test_concurrent_async_requests_share_batches_but_not_pixels(rrdb: Forward) -> None:
+def test_concurrent_async_requests_share_batches_but_not_pixels(compact2: Forward) -> None:
     images = [
         Image(_pixels(40, 70, 3, seed=11)),
         Image(_pixels(64, 45, 1, seed=12), _pixels(64, 45, seed=13)),
         Image(_pixels(33, 33, 3, seed=14), _pixels(33, 33, seed=15)),
     ]
-    batcher = _Batcher(rrdb)
+    batcher = _Batcher(compact2)
 
     async def run_all() -> list[Image]:
         calls = [upscale_image_async(im, batcher, scale=2, tile=SMALL_TILE) for im in images]
@@ -240,7 +246,7 @@ def test_concurrent_async_requests_share_batches_but_not_pixels(rrdb: Forward) -
     # the largest request has 12 tiles: bigger batches merged tiles of different requests
     assert max(batcher.batch_sizes) > 12
     for image, result in zip(images, results, strict=True):
-        alone = upscale_image(image, rrdb, scale=2, tile=SMALL_TILE)
+        alone = upscale_image(image, compact2, scale=2, tile=SMALL_TILE)
         assert result.color.shape == alone.color.shape
         np.testing.assert_allclose(result.color, alone.color, atol=1e-5)
         if image.alpha is None:
@@ -250,14 +256,14 @@ def test_concurrent_async_requests_share_batches_but_not_pixels(rrdb: Forward) -
             np.testing.assert_allclose(result.alpha, alone.alpha, atol=1e-5)
 
 
-def test_max_in_flight_bounds_the_tiles_submitted_at_once(rrdb: Forward) -> None:
+def test_max_in_flight_bounds_the_tiles_submitted_at_once(compact2: Forward) -> None:
     image = Image(_pixels(64, 70, 3, seed=16))
-    batcher = _Batcher(rrdb)
+    batcher = _Batcher(compact2)
     result = asyncio.run(
         upscale_image_async(image, batcher, scale=2, tile=SMALL_TILE, max_in_flight=4)
     )
     assert max(batcher.batch_sizes) == 4
-    alone = upscale_image(image, rrdb, scale=2, tile=SMALL_TILE)
+    alone = upscale_image(image, compact2, scale=2, tile=SMALL_TILE)
     np.testing.assert_allclose(result.color, alone.color, atol=1e-5)
     with pytest.raises(InvalidOptionError, match="max_in_flight must be a positive integer"):
         asyncio.run(upscale_image_async(image, batcher, scale=2, max_in_flight=0))
