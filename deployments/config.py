@@ -75,7 +75,7 @@ class UpscalerConfig(BaseModel):
     max_batch_size: int = Field(default=4, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
     tile: int = 256
-    tile_pad: int = 24
+    tile_pad: int = 32
     tile_blend: int = 16
 
     @model_validator(mode="after")
