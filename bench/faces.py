@@ -5,6 +5,7 @@
 
 One run starts its own local S3 (SeaweedFS) and Ray, deploys the app with ``serve_app.app.build`` and posts
 ``POST /v1/face-enhance`` from 1 and 4 closed-loop clients, with images of 1 and 3 faces.
+Ray's workers run at this process's niceness (``bench/stack.py``).
 
 The networks are the real architectures: GFPGAN v1.4 and RetinaFace ResNet-50 with random weights
 (saved once under ``.run/bench-faces``), and the real realesr-animevideov3 for the background (or a
@@ -24,25 +25,23 @@ import argparse
 import contextlib
 import hashlib
 import io
-import logging
 import os
-import shutil
-import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from stack import RUN_DIR, BenchError, post_png, progress, run_bench, services, wait_ready
 
-REPO = Path(__file__).resolve().parent.parent
-RUN_DIR = REPO / ".run"
+if TYPE_CHECKING:
+    import httpx
+
 WORK_DIR = RUN_DIR / "bench-faces"
 GFPGAN_FILE = WORK_DIR / "GFPGANv1.4-random.pth"
 RETINAFACE_FILE = WORK_DIR / "retinaface-r50-random.pth"
@@ -58,14 +57,6 @@ STAGES = {
     "background_wait_s": "background",
     "paste_encode_s": "paste+encode",
 }
-
-
-class BenchError(RuntimeError):
-    """The stack did not come up or answered a request with an error."""
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -171,102 +162,43 @@ def random_weights() -> tuple[str, str]:
 # --- the stack --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_stack(detector: KnownFacesDetector, gfpgan_sha: str, threads: int) -> Iterator[str]:
     """Local S3 + Ray + the app; yields its URL. Everything is torn down on the way out."""
-    with contextlib.ExitStack() as cleanup:
-        work = Path(tempfile.mkdtemp(prefix="run-", dir=WORK_DIR))
-        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
-
-        from serve_app.local_s3 import generate_credentials, start_local_s3
-
-        progress("starting local S3")
-        key, secret = generate_credentials()
-        s3 = start_local_s3(
-            work / "s3", access_key_id=key, secret_access_key=secret, stop_timeout_s=10
-        )
-        cleanup.callback(s3.stop)
+    with services("bench-faces", WORK_DIR, "run-") as base:
+        from ray import serve
 
         from deployments.config import WeightsOverride
         from serve_app.app import APP_NAME, AppArgs, build
-        from serve_app.settings import Settings
 
-        storage = s3.settings(bucket="superres-bench-faces")
-        settings = Settings(
-            weights_dir=REPO / ".cache" / "weights",
-            allow_download=False,
-            s3_endpoint_url=storage.endpoint_url,
-            s3_access_key_id=storage.access_key_id,
-            s3_secret_access_key=storage.secret_access_key,
-            s3_bucket=storage.bucket,
-        )
         args = AppArgs(
             default_model=BACKGROUND,
             models=[BACKGROUND],
             preload=[BACKGROUND],
             face_weights={"gfpgan-v1.4": WeightsOverride(path=str(GFPGAN_FILE), sha256=gfpgan_sha)},
         )
-
-        progress("starting Ray")
-        os.environ["RAY_TMPDIR"] = str(RUN_DIR / "ray-bench-faces")
-        Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-        import ray
-        from ray import serve
-
-        # "local": always a fresh instance of our own, never a cluster that happens to be running.
-        ray.init(
-            address="local",
-            num_cpus=8,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            namespace="superres-bench-faces",
-        )
-        cleanup.callback(ray.shutdown)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cleanup.callback(serve.shutdown)
         # Ray sets OMP_NUM_THREADS, and so torch's thread count, from num_cpus.
         cpus: dict[str, Any] = {"ray_actor_options": {"num_cpus": threads}}
         options: dict[str, dict[str, Any]] = {
             "FaceRestorer": cpus,
             "Upscaler": {**cpus, "num_replicas": 1},
         }
-        url = f"http://127.0.0.1:{port}"
-        progress(f"deploying on {url}")
+        progress(f"deploying on {base.url}")
         serve.run(
-            build(args, settings, options, face_detector=detector),
+            build(args, base.settings, options, face_detector=detector),
             name=APP_NAME,
             route_prefix="/",
         )
-        wait_ready(url)
-        yield url
+        wait_ready(base.url, READY_TIMEOUT_S, faces_ready)
+        yield base.url
         progress("tearing down")
 
 
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=10)
-            body = r.json() if r.status_code in (200, 503) else {}
-            faces = body.get("checks", {}).get("face", {})
-            if r.status_code == 200 and faces and all(faces.values()):
-                return
-            last = f"{r.status_code} {r.text[:300]}"
-        except (httpx.HTTPError, ValueError) as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    raise BenchError(f"the app was not ready after {READY_TIMEOUT_S:.0f} s: {last}")
+def faces_ready(r: httpx.Response) -> bool:
+    """Ready, and so are the face models: readiness does not wait for them."""
+    faces = r.json().get("checks", {}).get("face") if r.status_code == 200 else None
+    # "starting" while the FaceRestorer does not answer yet; else model name -> ready.
+    return isinstance(faces, dict) and bool(faces) and all(faces.values())
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -302,16 +234,8 @@ class Cell:
 def post_face(
     client: Any, data: bytes, background: str, faces: int
 ) -> tuple[float, dict[str, Any]]:
-    started = time.perf_counter()
-    r = client.post(
-        "/v1/face-enhance",
-        params={"background_model": background, "format": "png"},
-        files={"file": ("faces.png", data, "image/png")},
-    )
-    latency = time.perf_counter() - started
-    if r.status_code != 200:
-        raise BenchError(f"POST /v1/face-enhance: {r.status_code} {r.text[:500]}")
-    body: dict[str, Any] = r.json()
+    params = {"background_model": background, "format": "png"}
+    latency, body = post_png(client, "/v1/face-enhance", data, params)
     if len(body.get("faces") or []) != faces:
         raise BenchError(f"expected {faces} faces, the answer has {body.get('faces')}")
     return latency, body
@@ -428,12 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         requests4=ns.requests4 or 4,
         threads=ns.threads,
     )
-    try:
-        bench(plan)
-    except BenchError as exc:
-        print(f"faces: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_bench("faces", bench, plan)
 
 
 if __name__ == "__main__":

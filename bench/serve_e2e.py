@@ -25,13 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import logging
-import os
-import shutil
-import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -41,17 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stack import RUN_DIR, BenchError, post_png, progress, run_bench, services, wait_ready
 
-REPO = Path(__file__).resolve().parent.parent
-RUN_DIR = REPO / ".run"
 REAL_MODEL = "realesr-animevideov3"
 TINY_MODEL = "tiny-compact-x4"
 READY_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 300.0
-
-
-class BenchError(RuntimeError):
-    """The stack did not come up or answered a request with an error."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +116,6 @@ class Run:
         )
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # --- inputs -----------------------------------------------------------------------------------
 
 
@@ -169,12 +155,6 @@ def tiny_model(folder: Path) -> Any:
     return CustomModel(name=TINY_MODEL, path=str(path), sha256=digest, scale=4)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- the stack --------------------------------------------------------------------------------
 
 
@@ -188,33 +168,10 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(plan: Plan) -> Iterator[Stack]:
     """Local S3 + Ray + the app with batching on; everything is torn down on the way out."""
-    with contextlib.ExitStack() as cleanup:
-        RUN_DIR.joinpath("bench").mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="serve-e2e-", dir=RUN_DIR / "bench"))
-        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
-
-        from serve_app.local_s3 import generate_credentials, start_local_s3
-
-        progress("starting local S3")
-        key, secret = generate_credentials()
-        s3 = start_local_s3(
-            work / "s3", access_key_id=key, secret_access_key=secret, stop_timeout_s=10
-        )
-        cleanup.callback(s3.stop)
-
-        custom = [tiny_model(work)] if plan.model == TINY_MODEL else []
+    with services("bench", RUN_DIR / "bench", "serve-e2e-") as base:
         from serve_app.app import AppArgs
-        from serve_app.settings import Settings
 
-        storage = s3.settings(bucket="superres-bench")
-        settings = Settings(
-            weights_dir=REPO / ".cache" / "weights",
-            allow_download=False,
-            s3_endpoint_url=storage.endpoint_url,
-            s3_access_key_id=storage.access_key_id,
-            s3_secret_access_key=storage.secret_access_key,
-            s3_bucket=storage.bucket,
-        )
+        custom = [tiny_model(base.work)] if plan.model == TINY_MODEL else []
         args = AppArgs(
             default_model=plan.model,
             models=[] if custom else [plan.model],
@@ -222,35 +179,10 @@ def running_stack(plan: Plan) -> Iterator[Stack]:
             custom_models=custom,
             face_enhance=False,
         )
-
-        progress("starting Ray")
-        os.environ["RAY_TMPDIR"] = str(RUN_DIR / "ray-bench")
-        # Ray runs its workers at nice 15: on a shared machine the replica would get less CPU than
-        # the in-process baseline for reasons that have nothing to do with Serve.
-        os.environ["RAY_worker_niceness"] = str(os.nice(0))  # noqa: SIM112  (Ray's spelling)
-        # Otherwise num_cpus idle workers start with the driver; on 2 cores that costs seconds.
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-        Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-        import ray
-        from ray import serve
-
-        # "local": always a fresh instance of our own, never a cluster that happens to be running.
-        ray.init(
-            address="local",
-            num_cpus=8,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            namespace="superres-bench",
-        )
-        cleanup.callback(ray.shutdown)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cleanup.callback(serve.shutdown)
-        stack = Stack(f"http://127.0.0.1:{port}", settings, args)
+        stack = Stack(base.url, base.settings, args)
         progress(f"deploying on {stack.url}")
         deploy(stack, plan, plan.max_batch_size)
-        wait_ready(stack.url)
+        wait_ready(stack.url, READY_TIMEOUT_S)
         yield stack
 
 
@@ -281,23 +213,6 @@ def deploy(stack: Stack, plan: Plan, max_batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/readyz", timeout=10)
-            if r.status_code == 200:
-                return
-            last = f"{r.status_code} {r.text[:300]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    raise BenchError(f"the app was not ready after {READY_TIMEOUT_S:.0f} s: {last}")
-
-
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -310,17 +225,7 @@ def upscaler_batches(client: Any) -> Counter[int]:
 
 
 def post_image(client: Any, data: bytes, model: str) -> tuple[float, dict[str, Any]]:
-    started = time.perf_counter()
-    r = client.post(
-        "/v1/upscale",
-        params={"model": model, "format": "png"},
-        files={"file": ("image.png", data, "image/png")},
-    )
-    latency = time.perf_counter() - started
-    if r.status_code != 200:
-        raise BenchError(f"POST /v1/upscale: {r.status_code} {r.text[:500]}")
-    body: dict[str, Any] = r.json()
-    return latency, body
+    return post_png(client, "/v1/upscale", data, {"model": model, "format": "png"})
 
 
 def run_http(
@@ -685,12 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         UpscalerConfig.model_validate(plan.upscaler_config(plan.max_batch_size))
     except ValueError as exc:  # pydantic's ValidationError names the field and the reason
         parser.error(str(exc))
-    try:
-        bench(plan)
-    except BenchError as exc:
-        print(f"serve_e2e: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_bench("serve_e2e", bench, plan)
 
 
 if __name__ == "__main__":
