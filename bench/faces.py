@@ -131,22 +131,12 @@ def random_weights() -> tuple[str, str]:
     if not GFPGAN_FILE.exists():
         from spandrel.architectures.GFPGAN import GFPGAN
 
+        from models.face.restore import GFPGAN_V14_CONFIG
+
         progress("saving random GFPGAN v1.4 weights")
         torch.manual_seed(0)
-        config = {
-            "out_size": 512,
-            "num_style_feat": 512,
-            "channel_multiplier": 2,
-            "decoder_load_path": None,
-            "fix_decoder": False,
-            "num_mlp": 8,
-            "input_is_latent": True,
-            "different_w": True,
-            "narrow": 1,
-            "sft_half": True,
-        }
         partial = GFPGAN_FILE.with_suffix(".part")
-        torch.save({"params_ema": GFPGAN(**config).state_dict()}, partial)
+        torch.save({"params_ema": GFPGAN(**GFPGAN_V14_CONFIG).state_dict()}, partial)
         partial.replace(GFPGAN_FILE)
     if not RETINAFACE_FILE.exists():
         from models.face.retinaface import RetinaFace

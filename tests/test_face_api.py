@@ -20,8 +20,8 @@ from ray import cloudpickle
 from skimage import data as skdata
 from spandrel.architectures.GFPGAN import GFPGAN
 
+from models.face.restore import GFPGAN_V14_CONFIG
 from models.face.types import DetectedFace
-from tests.test_face_gfpgan import V14_CONFIG
 from tests.test_face_pipeline import ASTRONAUT_BOX, ASTRONAUT_LANDMARKS
 
 pytestmark = pytest.mark.serve
@@ -74,7 +74,7 @@ def face_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[str]:
 
     torch.manual_seed(0)
     path = Path(tmp_path_factory.mktemp("gfpgan")) / "GFPGANv1.4-random.pth"
-    torch.save({"params_ema": GFPGAN(**V14_CONFIG).state_dict()}, path)
+    torch.save({"params_ema": GFPGAN(**GFPGAN_V14_CONFIG).state_dict()}, path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     args = AppArgs(
         default_model="tiny-x4",

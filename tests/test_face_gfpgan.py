@@ -11,21 +11,12 @@ from spandrel.architectures.Compact import Compact
 from spandrel.architectures.GFPGAN import GFPGAN
 
 from models.errors import InvalidOptionError, UnsupportedModelError
-from models.face.restore import load_gfpgan, load_gfpgan_module, make_restore_fn
-
-# GFPGANer's "clean" arch for GFPGANv1.4.pth.
-V14_CONFIG = {
-    "out_size": 512,
-    "num_style_feat": 512,
-    "channel_multiplier": 2,
-    "decoder_load_path": None,
-    "fix_decoder": False,
-    "num_mlp": 8,
-    "input_is_latent": True,
-    "different_w": True,
-    "narrow": 1,
-    "sft_half": True,
-}
+from models.face.restore import (
+    GFPGAN_V14_CONFIG,
+    load_gfpgan,
+    load_gfpgan_module,
+    make_restore_fn,
+)
 
 
 class _Recorder(torch.nn.Module):
@@ -104,7 +95,7 @@ def test_load_gfpgan_rejects_other_models(tmp_path: Path) -> None:
 def test_real_v14_architecture_round_trip(tmp_path: Path) -> None:
     """Random v1.4 weights saved like GFPGANv1.4.pth, loaded by our loader, one 512 face."""
     torch.manual_seed(0)
-    reference = GFPGAN(**V14_CONFIG)
+    reference = GFPGAN(**GFPGAN_V14_CONFIG)
     path = tmp_path / "GFPGANv1.4.pth"
     torch.save({"params_ema": reference.state_dict()}, path)
     del reference

@@ -12,6 +12,21 @@ import torch
 from models.errors import InvalidOptionError, UnsupportedModelError
 from models.face.types import FACE_SIZE, RestoreFn
 
+# GFPGANv1Clean's hyperparameters for GFPGANv1.4.pth (as upstream's GFPGANer builds it): the
+# published checkpoint's layout, for code that builds the network without a file.
+GFPGAN_V14_CONFIG: dict[str, object] = {
+    "out_size": 512,
+    "num_style_feat": 512,
+    "channel_multiplier": 2,
+    "decoder_load_path": None,
+    "fix_decoder": False,
+    "num_mlp": 8,
+    "input_is_latent": True,
+    "different_w": True,
+    "narrow": 1,
+    "sft_half": True,
+}
+
 
 def make_restore_fn(
     module: torch.nn.Module, device: torch.device, *, max_batch: int = 4
