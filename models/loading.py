@@ -63,9 +63,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_safetensors(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a verified file should always load; say which file did not
         raise UnsupportedModelError(f"cannot read weights from {path.name}: {e}") from e
+    if not isinstance(state, dict):
+        raise UnsupportedModelError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def blend_state_dicts(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ from models.errors import ImageError, InvalidOptionError, UnsupportedModelError
 from models.face.priors import select_faces
 from models.face.retinaface import RetinaFace
 from models.face.types import DetectedFace
+from models.loading import read_state_dict
 
 # facexlib subtracts this from BGR pixels on the 0-255 scale.
 BGR_MEAN = (104.0, 117.0, 123.0)
@@ -111,12 +111,7 @@ def load_retinaface(
     max_side: int | None = 1600,
 ) -> RetinaFaceDetector:
     """Load ``detection_Resnet50_Final.pth`` (safe unpickling) into a ready detector."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise UnsupportedModelError(f"{path.name} is not a loadable state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise UnsupportedModelError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path)
     net = RetinaFace()
     load_retinaface_state(net, state)
     dev = torch.device(device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from models.errors import InvalidOptionError, UnsupportedModelError
 from models.face.types import FACE_SIZE, RestoreFn
+from models.loading import read_state_dict
 
 # GFPGANv1Clean's hyperparameters for GFPGANv1.4.pth (as upstream's GFPGANer builds it): the
 # published checkpoint's layout, for code that builds the network without a file.
@@ -58,12 +58,7 @@ def make_restore_fn(
 
 def load_gfpgan_module(path: Path, device: torch.device | str) -> torch.nn.Module:
     """The GFPGAN v1.4 (GFPGANv1Clean) network of a checkpoint, fp32, eval mode, on ``device``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise UnsupportedModelError(f"{path.name} is not a loadable state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise UnsupportedModelError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(state)
     except (spandrel.UnsupportedModelError, RuntimeError, KeyError) as exc:
