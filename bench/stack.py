@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import httpx
 
-    from serve_app.settings import Settings
+    from models.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run"
@@ -69,8 +69,8 @@ def services(name: str, scratch: Path, prefix: str) -> Iterator[Services]:
 
 def start_s3(cleanup: contextlib.ExitStack, folder: Path, bucket: str) -> Settings:
     """SeaweedFS with fresh credentials, stopped by ``cleanup``; returns the app's settings."""
+    from models.settings import Settings
     from serve_app.local_s3 import generate_credentials, start_local_s3
-    from serve_app.settings import Settings
 
     progress("starting local S3")
     key, secret = generate_credentials()

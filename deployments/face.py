@@ -32,8 +32,8 @@ from models.imageio import ImageLimits, content_type, decode_image, encode_image
 from models.loading import pick_device
 from models.options import UpscaleOptions
 from models.registry import Registry, WeightsSource
+from models.settings import Settings
 from models.weights import WeightsStore
-from serve_app.settings import Settings
 
 log = logging.getLogger("ray.serve")
 

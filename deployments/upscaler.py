@@ -32,8 +32,8 @@ from models.loading import Upscaler as Network
 from models.options import UpscaleOptions
 from models.provider import LoadedModel, ModelProvider, variant_id
 from models.registry import Registry
+from models.settings import Settings
 from models.tiling import TileConfig
-from serve_app.settings import Settings
 
 log = logging.getLogger("ray.serve")
 

@@ -22,6 +22,7 @@ import copy
 import importlib.metadata
 import re
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,6 @@ from typing import Any
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as `python k8s/generate.py`: make `k8s` and `models` importable

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from models.errors import InvalidOptionError, UnknownModelError
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     UPSCALE = "upscale"
     FACE_RESTORE = "face-restore"
     FACE_DETECT = "face-detect"

@@ -17,8 +17,8 @@ from deployments.upscaler import Upscaler, build_registry
 from models.face.types import FaceDetector
 from models.loading import PRECISIONS
 from models.registry import ModelKind, Registry
+from models.settings import Settings
 from serve_app.ingress import Ingress, Limits
-from serve_app.settings import Settings
 
 APP_NAME = "superres"
 DEFAULT_MODELS = [

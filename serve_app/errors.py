@@ -13,7 +13,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models import errors as e
-from serve_app.storage import StorageUnavailableError
+from models.storage import StorageUnavailableError
 
 log = logging.getLogger("ray.serve")
 

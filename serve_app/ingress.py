@@ -22,10 +22,10 @@ from deployments.upscaler import UpscaleOutput, build_registry
 from models.imageio import ImageLimits, sniff_format
 from models.options import UpscaleOptions
 from models.provider import variant_id
+from models.settings import Settings
+from models.storage import ResultStore
 from serve_app.errors import ApiError, error_response, install_handlers, to_api_error
 from serve_app.schemas import ErrorResponse, FaceBox, ModelInfo, UpscaleResult
-from serve_app.settings import Settings
-from serve_app.storage import ResultStore
 
 log = logging.getLogger("ray.serve")
 

@@ -21,8 +21,8 @@ import yaml
 
 from models.provider import ModelProvider
 from models.registry import Registry
+from models.settings import Settings
 from serve_app.local_s3 import LocalS3, load_or_create_credentials, start_local_s3
-from serve_app.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run"

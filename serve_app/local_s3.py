@@ -41,7 +41,7 @@ import boto3
 from botocore.config import Config
 from pydantic import SecretStr
 
-from serve_app.storage import StorageSettings
+from models.storage import StorageSettings
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ def free_port() -> int:
 class ServeApp:
     url: str
     s3: Any  # serve_app.local_s3.LocalS3
-    settings: Any  # serve_app.settings.Settings
+    settings: Any  # models.settings.Settings
     ray_address: str
 
     def client(self, timeout: float = 120.0) -> httpx.Client:
@@ -85,8 +85,8 @@ def serve_app(
     import ray
     from ray import serve
 
+    from models.settings import Settings
     from serve_app.app import APP_NAME, AppArgs, build
-    from serve_app.settings import Settings
 
     storage = s3_server.settings(bucket="superres-test")
     settings = Settings(

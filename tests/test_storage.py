@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import SecretStr, ValidationError
 
+from models.storage import ResultStore, StorageSettings, StorageUnavailableError
 from serve_app.local_s3 import (
     CREDENTIALS_FILE,
     ENV_FILE,
@@ -34,7 +35,6 @@ from serve_app.local_s3 import (
     load_or_create_credentials,
     start_local_s3,
 )
-from serve_app.storage import ResultStore, StorageSettings, StorageUnavailableError
 from tests.s3server import s3_down, start_test_s3
 
 BUCKET = "results-test"
@@ -193,7 +193,7 @@ def test_wrong_credentials_are_unavailable(s3: LocalS3) -> None:
 def test_put_then_presigned_get_without_credentials(store: ResultStore, raw: Any) -> None:
     data = _payload(1)
     digest = hashlib.sha256(data).hexdigest()
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     result = store.put(
         data,
         content_type="image/png",
@@ -203,7 +203,7 @@ def test_put_then_presigned_get_without_credentials(store: ResultStore, raw: Any
     match = KEY_PATTERN.match(result.key)
     assert match, result.key
     year, month, day = map(int, match.groups())
-    key_day = datetime(year, month, day, tzinfo=timezone.utc)
+    key_day = datetime(year, month, day, tzinfo=UTC)
     assert before - timedelta(days=1) < key_day <= before
     assert result.bytes == len(data)
     assert result.content_type == "image/png"
@@ -262,7 +262,7 @@ def test_expired_url_is_refused(s3: LocalS3, store: ResultStore) -> None:
     while status == 200 and time.monotonic() < deadline:
         time.sleep(0.25)
         status = httpx.get(result.url).status_code
-    refused_at = datetime.now(timezone.utc)
+    refused_at = datetime.now(UTC)
     assert status == 403
     assert refused_at >= result.expires_at  # not before the promised time
     # The object itself is still there: a fresh URL works.

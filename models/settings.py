@@ -12,8 +12,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.storage import StorageSettings
 from models.weights import WeightsStore
-from serve_app.storage import StorageSettings
 
 
 class Settings(BaseSettings):

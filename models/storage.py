@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -237,7 +237,7 @@ class ResultStore:
         if not _EXTENSION.match(extension):
             raise ValueError(f"extension {extension!r} must be 1-10 lowercase letters or digits")
         meta = _checked_metadata(metadata)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         key = f"{self.settings.prefix}{now:%Y/%m/%d}/{uuid.uuid4().hex}.{extension}"
         params: dict[str, Any] = {
             "Bucket": self.settings.bucket,
@@ -264,7 +264,7 @@ class ResultStore:
         """A GET URL for ``key`` valid for ``url_ttl_s``, and when it expires (UTC). Offline."""
         ttl = self.settings.url_ttl_s
         # SigV4 dates have whole seconds: truncating keeps expires_at at or before the real end.
-        signed_at = datetime.now(timezone.utc).replace(microsecond=0)
+        signed_at = datetime.now(UTC).replace(microsecond=0)
         try:
             url: str = self._presigner.generate_presigned_url(
                 "get_object",
