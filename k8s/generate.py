@@ -50,7 +50,7 @@ OVERLAYS: dict[str, Path | None] = {"cpu": None, "gpu": GPU_OVERRIDES}
 K8S_OVERRIDES: dict[str, Any] = {"http_options": {"host": "0.0.0.0"}}
 # The image installs the project with these extras (see Dockerfile).
 IMAGE_EXTRAS = ("offline-weights",)
-_FACE_KINDS = (ModelKind.FACE_RESTORE, ModelKind.FACE_DETECT, ModelKind.FACE_PARSE)
+_FACE_KINDS = (ModelKind.FACE_RESTORE, ModelKind.FACE_DETECT)
 _NAMED_LISTS = {"applications", "deployments"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

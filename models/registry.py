@@ -11,7 +11,7 @@ the user's own models from configuration.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from models.errors import InvalidOptionError, UnknownModelError
@@ -21,7 +21,6 @@ class ModelKind(StrEnum):
     UPSCALE = "upscale"
     FACE_RESTORE = "face-restore"
     FACE_DETECT = "face-detect"
-    FACE_PARSE = "face-parse"
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,6 @@ class ModelSpec:
     description: str = ""
     # realesr-general-x4v3: the "without denoise" twin, blended by denoise strength (see loading.py).
     denoise_weights: WeightsSource | None = None
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def supports_denoise(self) -> bool:
@@ -195,21 +193,6 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
             urls=(github_release("xinntao/facexlib", "v0.1.0", "detection_Resnet50_Final.pth"),),
         ),
     ),
-    ModelSpec(
-        name="parsenet",
-        kind=ModelKind.FACE_PARSE,
-        arch="ParseNet",
-        scale=None,
-        license="MIT (facexlib)",
-        supports_fp16=False,
-        description="ParseNet face parsing, for the paste-back mask.",
-        weights=WeightsSource(
-            filename="parsing_parsenet.pth",
-            sha256="3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2",
-            size=85_331_193,
-            urls=(github_release("xinntao/facexlib", "v0.2.2", "parsing_parsenet.pth"),),
-        ),
-    ),
 )
 
 
@@ -218,7 +201,6 @@ class Registry:
 
     def __init__(self, specs: Iterable[ModelSpec] = BUILTIN_SPECS) -> None:
         self._specs: dict[str, ModelSpec] = {}
-        self._aliases: dict[str, str] = {}
         for spec in specs:
             self.register(spec)
 
@@ -228,18 +210,15 @@ class Registry:
         if spec.name in self._specs and not replace:
             raise InvalidOptionError(f"model {spec.name!r} is already registered")
         self._specs[spec.name] = spec
-        for alias in spec.aliases:
-            self._aliases[alias] = spec.name
 
     def get(self, name: str) -> ModelSpec:
-        key = self._aliases.get(name, name)
         try:
-            return self._specs[key]
+            return self._specs[name]
         except KeyError:
             raise UnknownModelError(name, list(self._specs)) from None
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._aliases.get(name, name) in self._specs
+        return isinstance(name, str) and name in self._specs
 
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())

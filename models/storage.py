@@ -275,10 +275,6 @@ class ResultStore:
             raise StorageUnavailableError(f"cannot sign result URLs: {exc}") from exc
         return url, signed_at + timedelta(seconds=ttl)
 
-    def check(self) -> None:
-        """Cheap reachability and auth check (one HEAD of the bucket); creates it when allowed."""
-        self.ensure_bucket()
-
     # --- helpers ------------------------------------------------------------------------------
 
     def _call(self, operation: str, *, allow: frozenset[str] = frozenset(), **params: Any) -> Any:

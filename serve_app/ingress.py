@@ -207,7 +207,7 @@ class Ingress:
         if not default.get("loaded"):
             checks["default_model"]["error"] = default.get("error") or "not loaded yet"
         try:
-            await asyncio.to_thread(self._store.check)
+            await asyncio.to_thread(self._store.ensure_bucket)
             checks["storage"] = {"ready": True}
         except Exception as exc:
             checks["storage"] = {"ready": False, "error": str(exc)}

@@ -488,7 +488,6 @@ def test_staged_models_follow_the_config() -> None:
         "realesr-general-x4v3",
         "gfpgan-v1.4",
         "retinaface-r50",
-        "parsenet",
     ]
     config["applications"][0]["args"]["face_enhance"] = False
     assert generate.staged_models(config) == ["realesrgan-x4plus", "realesr-general-x4v3"]

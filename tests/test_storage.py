@@ -156,7 +156,7 @@ def test_ensure_bucket_creates_it_once(s3: LocalS3, raw: Any) -> None:
         raw.head_bucket(Bucket="ensure-test")
     store.ensure_bucket()
     store.ensure_bucket()  # idempotent
-    store.check()
+    store.ensure_bucket()
     raw.head_bucket(Bucket="ensure-test")
     assert "ensure-test" in {b["Name"] for b in raw.list_buckets()["Buckets"]}
 
@@ -164,7 +164,7 @@ def test_ensure_bucket_creates_it_once(s3: LocalS3, raw: Any) -> None:
 def test_missing_bucket_without_create_is_unavailable(s3: LocalS3) -> None:
     store = ResultStore(s3.settings(bucket="never-created", create_bucket=False))
     with pytest.raises(StorageUnavailableError, match="does not exist"):
-        store.check()
+        store.ensure_bucket()
     with pytest.raises(StorageUnavailableError, match="does not exist"):
         _put(store, b"data")
 
@@ -182,7 +182,7 @@ def test_put_recreates_a_vanished_bucket(s3: LocalS3, raw: Any) -> None:
 def test_wrong_credentials_are_unavailable(s3: LocalS3) -> None:
     store = ResultStore(s3.settings(bucket=BUCKET, secret_access_key="wrong-secret"))
     with pytest.raises(StorageUnavailableError, match="refused"):
-        store.check()
+        store.ensure_bucket()
     with pytest.raises(StorageUnavailableError, match="refused"):
         _put(store, b"data")
 
@@ -291,12 +291,12 @@ def test_storage_down_is_unavailable_then_recovers(s3: LocalS3, store: ResultSto
         assert not grpc_socket.exists()
         started = time.monotonic()
         with pytest.raises(StorageUnavailableError, match="unreachable"):
-            store.check()
+            store.ensure_bucket()
         with pytest.raises(StorageUnavailableError, match="unreachable"):
             _put(store, b"while down")
         assert time.monotonic() - started < 10
     assert s3.running
-    store.check()  # the same store object, no restart of ours
+    store.ensure_bucket()  # the same store object, no restart of ours
     after = _put(store, _payload(7))
     assert httpx.get(after.url).content == _payload(7)
     assert httpx.get(before.url).content == _payload(6)  # data survived the restart
