@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devtools.ncnn_runtime import NcnnUpscaler
 from models.loading import Upscaler, cpu_has_fast_bf16, load_upscaler
 from models.ncnn_import import package_model_files
-from models.ncnn_runtime import NcnnUpscaler
 from models.registry import ModelSpec, Registry
 from models.weights import WeightsStore
 

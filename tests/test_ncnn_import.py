@@ -119,7 +119,7 @@ def test_write_converted_is_deterministic(tmp_path: Path) -> None:
 def test_converted_model_equals_ncnn_runtime(name: str, converted: Callable[[str], Path]) -> None:
     skimage_data = pytest.importorskip("skimage.data")
     pytest.importorskip("ncnn")
-    from models.ncnn_runtime import NcnnUpscaler
+    from devtools.ncnn_runtime import NcnnUpscaler
 
     image = skimage_data.astronaut()[180:212, 200:232].astype(np.float32) / 255  # a face, 32x32
     reference = NcnnUpscaler(*package_model_files(NCNN_SOURCES[name]), threads=1).run(image)
@@ -134,7 +134,7 @@ def test_converted_model_equals_ncnn_runtime(name: str, converted: Callable[[str
 
 def test_ncnn_runtime_refuses_non_rgb_input() -> None:
     pytest.importorskip("ncnn")
-    from models.ncnn_runtime import NcnnUpscaler
+    from devtools.ncnn_runtime import NcnnUpscaler
 
     upscaler = NcnnUpscaler(*package_model_files(NCNN_SOURCES[VIDEO]))
     with pytest.raises(ImageError):
