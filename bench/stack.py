@@ -69,8 +69,8 @@ def services(name: str, scratch: Path, prefix: str) -> Iterator[Services]:
 
 def start_s3(cleanup: contextlib.ExitStack, folder: Path, bucket: str) -> Settings:
     """SeaweedFS with fresh credentials, stopped by ``cleanup``; returns the app's settings."""
+    from devtools.local_s3 import generate_credentials, start_local_s3
     from models.settings import Settings
-    from serve_app.local_s3 import generate_credentials, start_local_s3
 
     progress("starting local S3")
     key, secret = generate_credentials()

@@ -47,7 +47,7 @@ def free_port() -> int:
 @dataclass
 class ServeApp:
     url: str
-    s3: Any  # serve_app.local_s3.LocalS3
+    s3: Any  # devtools.local_s3.LocalS3
     settings: Any  # models.settings.Settings
     ray_address: str
 

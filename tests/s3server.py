@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from serve_app.local_s3 import LocalS3, generate_credentials, start_local_s3
+from devtools.local_s3 import LocalS3, generate_credentials, start_local_s3
 
 # SeaweedFS keeps its data through SIGKILL, so tests need not wait out a slow SIGTERM.
 STOP_TIMEOUT_S = 10.0

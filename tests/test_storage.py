@@ -25,8 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import SecretStr, ValidationError
 
-from models.storage import ResultStore, StorageSettings, StorageUnavailableError
-from serve_app.local_s3 import (
+from devtools.local_s3 import (
     CREDENTIALS_FILE,
     ENV_FILE,
     LocalS3,
@@ -35,6 +34,7 @@ from serve_app.local_s3 import (
     load_or_create_credentials,
     start_local_s3,
 )
+from models.storage import ResultStore, StorageSettings, StorageUnavailableError
 from tests.s3server import s3_down, start_test_s3
 
 BUCKET = "results-test"
@@ -341,7 +341,7 @@ def test_cli_runs_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "serve_app.local_s3",
+            "devtools.local_s3",
             "run",
             "--data-dir",
             str(tmp_path),
