@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: venv ## run the service: local S3 (SeaweedFS), default weights, `serve run` on :8000
-	$(PY) -m serve_app.local_run
+	$(PY) -m devtools.run
 
 test: venv ## the whole suite: unit tests, real S3, real Ray Serve, real weights
 	$(PY) -m pytest

@@ -1,7 +1,7 @@
 """``make run``: a local S3 server, the default weights, then ``serve run`` — and all of it stopped
 again on Ctrl-C (or SIGTERM), without touching anything this process did not start.
 
-Usage: ``python -m serve_app.local_run [--config configs/serve_config.yaml] [--s3-port 8333]``.
+Usage: ``python -m devtools.run [--config configs/serve_config.yaml] [--s3-port 8333]``.
 Set ``SUPERRES_S3_ENDPOINT_URL`` (and keys) to use an existing S3/MinIO instead of SeaweedFS.
 """
 
@@ -19,10 +19,10 @@ from types import FrameType
 
 import yaml
 
+from devtools.local_s3 import LocalS3, load_or_create_credentials, start_local_s3
 from models.provider import ModelProvider
 from models.registry import Registry
 from models.settings import Settings
-from serve_app.local_s3 import LocalS3, load_or_create_credentials, start_local_s3
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run"
@@ -77,7 +77,7 @@ def _stop_serve(serve: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.local_run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.run", description=__doc__)
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "serve_config.yaml")
     parser.add_argument("--s3-port", type=int, default=int(os.environ.get("LOCAL_S3_PORT", 8333)))
     parser.add_argument("--ready-timeout", type=float, default=900.0)
