@@ -1,4 +1,4 @@
-"""Kubernetes manifests and their tooling: the generator, a kustomize subset and the validators."""
+"""Kubernetes manifests and their tooling: generator, renderer (kubectl kustomize), validators."""
 
 
 class ManifestError(Exception):

@@ -1,4 +1,4 @@
-"""Offline validation of the rendered overlays: schemas, the embedded Serve config, consistency.
+"""Offline validation of the rendered overlays (`kubectl kustomize`): schemas, Serve config, consistency.
 
 - ``ray.io`` kinds against the KubeRay CRD schemas, strictly: an unknown or misspelled key fails;
 - core kinds (and the pod templates inside a RayService) against the Kubernetes schemas shipped by
@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as `python k8s/validate.py`
     sys.path.insert(0, str(REPO))
 
 from k8s import ManifestError  # noqa: E402
-from k8s.kustomize import render, resource_id  # noqa: E402
+from k8s.render import render, resource_id  # noqa: E402
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes the manifests target
 SECRET_NAME = "superres-s3"

