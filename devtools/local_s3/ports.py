@@ -1,4 +1,10 @@
-"""Ports for ``weed mini`` on 127.0.0.1: is a port free, and a free set for all of its services."""
+"""Ports for ``weed mini`` on 127.0.0.1: is a port free, and a free set for all of its services.
+
+A port counts as free when a server that sets ``SO_REUSEADDR`` (SeaweedFS does, as Go servers do)
+could listen on it. The probe sets it too: a plain ``bind`` also fails on the TIME_WAIT connections
+that a server leaves on its own port for a minute after it served downloads, which the server
+itself would not mind.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +25,8 @@ _PICK_RANGE = (20_000, 22_700)
 
 
 def port_is_free(port: int) -> bool:
-    """Whether ``port`` of 127.0.0.1 can be bound now."""
-    sock = _bind(port)
+    """Whether a server using ``SO_REUSEADDR`` could listen on ``port`` of 127.0.0.1 now."""
+    sock = _listen(port)
     if sock is None:
         return False
     sock.close()
@@ -83,21 +89,27 @@ class MiniPorts:
 
 
 def _hold(port: int, held: list[socket.socket]) -> bool:
-    """Bind ``port`` (kept open in ``held`` so it is not picked twice); False if it is taken."""
-    sock = _bind(port)
+    """Listen on ``port`` (kept open in ``held`` so it is not picked twice); False if it is taken.
+
+    A listening socket, not just a bound one: with ``SO_REUSEADDR`` two sockets may bind the same
+    port as long as neither listens, so only a listener keeps the port from being picked again.
+    """
+    sock = _listen(port)
     if sock is None:
         return False
     held.append(sock)
     return True
 
 
-def _bind(port: int) -> socket.socket | None:
-    """A socket bound to ``port`` of 127.0.0.1; None if it is taken."""
+def _listen(port: int) -> socket.socket | None:
+    """A socket listening on ``port`` of 127.0.0.1 with ``SO_REUSEADDR``; None if it is taken."""
     if not 0 < port < 65_536:
         raise LocalS3Error(f"port {port} is out of range (the S3 port must be at most 55535)")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, port))
+        sock.listen(1)
     except OSError:
         sock.close()
         return None
