@@ -62,8 +62,12 @@ class QuotaExceeded(Exception):
 
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
+        self.refusal = refusal
         self.reason = refusal.reason
         self.retry_after_s = refusal.retry_after_s
+
+    def __reduce__(self) -> tuple[type[QuotaExceeded], tuple[Refusal]]:
+        return type(self), (self.refusal,)
 
 
 @dataclass
@@ -95,7 +99,7 @@ class QuotaBook:
             return Refusal(
                 "concurrency",
                 CONCURRENCY_RETRY_S,
-                f"key {key!r} already has {limits.concurrency} requests in progress",
+                f"key {key!r} is at its limit of {limits.concurrency} concurrent requests",
             )
         if bucket.tokens < 1.0:
             wait = max(1, math.ceil((1.0 - bucket.tokens) / limits.rate))

@@ -59,8 +59,12 @@ class Unauthorized(Exception):
 
     def __init__(self, message: str, error: str | None = None) -> None:
         super().__init__(message)
+        self.error = error
         # RFC 6750 §3: no error code when the request carried no credentials at all.
-        self.www_authenticate = f'Bearer realm="superres", error="{error}"' if error else "Bearer"
+        self.www_authenticate = 'Bearer realm="superres"' + (f', error="{error}"' if error else "")
+
+    def __reduce__(self) -> tuple[type[Unauthorized], tuple[str, str | None]]:
+        return type(self), (str(self), self.error)
 
 
 class KeyFileError(Exception):

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import pickle
 import stat
 import subprocess
 import sys
@@ -176,9 +177,9 @@ def test_a_valid_key_gives_its_record(ring_and_keys: tuple[KeyRing, dict[str, st
 @pytest.mark.parametrize(
     ("header", "www_authenticate"),
     [
-        (None, "Bearer"),
-        ("", "Bearer"),
-        ("   ", "Bearer"),
+        (None, 'Bearer realm="superres"'),
+        ("", 'Bearer realm="superres"'),
+        ("   ", 'Bearer realm="superres"'),
         ("Basic dXNlcjpwYXNz", 'Bearer realm="superres", error="invalid_request"'),
         ("Bearer", 'Bearer realm="superres", error="invalid_request"'),
         ("Bearer two words", 'Bearer realm="superres", error="invalid_request"'),
@@ -196,6 +197,8 @@ def test_missing_malformed_or_wrong_keys_are_refused(
     with pytest.raises(Unauthorized) as info:
         ring.authenticate(header)
     assert info.value.www_authenticate == www_authenticate
+    copy = pickle.loads(pickle.dumps(info.value))  # as it would cross a Ray boundary
+    assert (str(copy), copy.www_authenticate) == (str(info.value), www_authenticate)
 
 
 def test_a_near_miss_is_refused(ring_and_keys: tuple[KeyRing, dict[str, str], Path]) -> None:
@@ -335,7 +338,7 @@ def test_the_dependency_lets_in_keys_and_refuses_the_rest(
     assert ok.json() == {"name": "bob", "limits": QuotaLimits().model_dump()}
     missing = client.get("/v1/whoami")
     assert missing.status_code == 401
-    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    assert missing.headers["WWW-Authenticate"] == 'Bearer realm="superres"'
     assert missing.json()["error"]["code"] == "unauthorized"
     wrong = client.get("/v1/whoami", headers={"Authorization": "Bearer sr_nope"})
     assert wrong.status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 from typing import Any
 
 import pytest
@@ -213,6 +214,8 @@ def test_hold_quota_raises_quota_exceeded_with_the_retry_after() -> None:
             async with hold_quota(handle, "k", limits):  # type: ignore[arg-type]
                 pytest.fail("the block must not run when refused")
         assert (info.value.reason, info.value.retry_after_s) == ("rate", 5)
+        copy = pickle.loads(pickle.dumps(info.value))  # as it would cross a Ray boundary
+        assert (str(copy), copy.retry_after_s) == (str(info.value), 5)
         assert len(handle.released) == 1  # nothing to release for a refusal
 
     asyncio.run(scenario())
