@@ -266,9 +266,9 @@ def run_http(
 
 def load_local(plan: Plan, stack: Stack) -> tuple[Any, Any]:
     """The model and tiling of the deployment, loaded in this process."""
-    from deployments.config import UpscalerConfig
-    from deployments.upscaler import build_registry
-    from models.provider import ModelProvider, variant_id
+    from deployments.config import UpscalerConfig, build_registry
+    from models.provider import ModelProvider
+    from models.registry import variant_id
 
     provider = ModelProvider(
         build_registry(stack.args.custom_models),

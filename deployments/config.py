@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.registry import ModelSpec, WeightsSource, user_model_spec
+from models.registry import ModelSpec, Registry, WeightsSource, user_model_spec
 from models.tiling import TileConfig
 
 
@@ -41,6 +41,14 @@ class CustomModel(BaseModel):
             supports_fp16=self.supports_fp16,
             license=self.license,
         )
+
+
+def build_registry(custom_models: list[CustomModel]) -> Registry:
+    """The built-in models plus the configured community ones (duplicate names are refused)."""
+    registry = Registry()
+    for custom in custom_models:
+        registry.register(custom.spec())
+    return registry
 
 
 class WeightsOverride(BaseModel):

@@ -1,37 +1,39 @@
 """The Upscaler deployment: Real-ESRGAN (and any spandrel model) with cross-request tile batching.
 
-A request decodes its image, cuts it into equal tiles and submits every tile to ``forward_tiles``, a
-``@serve.batch`` method: tiles of all concurrent requests on this replica are grouped by (network,
-tile shape) and each group is one forward pass. Every request then stitches its own tiles; nothing
-per request is stored on ``self``.
-
-Several models share one deployment through ``@serve.multiplexed``: a replica keeps the few it used
-last (LRU) and Serve routes a request to a replica that already holds its model. A denoise strength
-of realesr-general-x4v3 is a model of its own here (a blended network), see ``models.provider``.
+A thin adapter around ``models.pipeline``: it adds what only a replica has. Tiles of every request
+go to ``forward_tiles``, a ``@serve.batch`` method, so tiles of concurrent requests that share a
+network and shape run in one forward pass; each request stitches its own tiles (nothing per request
+is stored on ``self``). Models are multiplexed (``@serve.multiplexed``): a replica keeps the few it
+used last and Serve routes a request to a replica that holds its model. The caller names the model
+variant with ``multiplexed_model_id`` (``models.provider.variant_id``): a denoise strength of
+realesr-general-x4v3 is a network of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import weakref
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import serve
 from ray.serve import metrics
 
-from deployments.config import CustomModel, UpscalerConfig
-from models.errors import InvalidOptionError, ModelError, UnknownModelError
+from deployments.config import CustomModel, UpscalerConfig, build_registry
+from models import pipeline
+from models.errors import InvalidOptionError, ModelError, UnknownModelError, public_reason
 from models.image import Image
-from models.imageio import ImageLimits, check_output_size, content_type, decode_image, encode_image
-from models.inference import output_size, upscale_image_async
+from models.inference import upscale_image_async
+from models.limits import Limits
 from models.loading import Upscaler as Network
+from models.loading import pick_device
 from models.options import UpscaleOptions
-from models.provider import LoadedModel, ModelProvider, variant_id
-from models.registry import Registry
+from models.provider import LoadedModel, ModelProvider
+from models.registry import variant_id
+from models.results import EncodedImage
 from models.settings import Settings
 from models.tiling import TileConfig
 
@@ -39,30 +41,9 @@ log = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
-class UpscaleOutput:
-    """An encoded result, ready to store."""
-
-    data: bytes
-    content_type: str
-    format: str
-    width: int
-    height: int
-    model: str
-    scale: float
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class _TileRequest:
     network: Network
     tile: np.ndarray
-
-
-def build_registry(custom_models: list[CustomModel]) -> Registry:
-    registry = Registry()
-    for custom in custom_models:
-        registry.register(custom.spec())
-    return registry
 
 
 @serve.deployment(name="Upscaler", max_ongoing_requests=8, health_check_period_s=30)
@@ -80,11 +61,13 @@ class Upscaler:
         self._provider = ModelProvider(
             self._registry,
             settings.weights_store(),
-            device=None if settings.device is None else _device(settings.device),
+            device=pick_device(settings.device),
             precision=precision,
         )
         self._tiling = TileConfig()
         self._load_errors: dict[str, str] = {}
+        # What the multiplexed LRU holds: an entry goes when Serve evicts (and drops) the model.
+        self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
         self._batches: Counter[int] = Counter()  # tiles per forward pass, for /v1/stats
         self._tiles_per_batch = metrics.Histogram(
             "superres_tiles_per_forward",
@@ -110,9 +93,11 @@ class Upscaler:
         try:
             loaded = await asyncio.to_thread(self._provider.load, model_id)
         except ModelError as e:
-            self._load_errors[model_id] = str(e)
+            log.warning("loading %s failed: %s", model_id, e)
+            self._load_errors[model_id] = public_reason(e)
             raise
         self._load_errors.pop(model_id, None)
+        self._loaded[model_id] = loaded
         return loaded
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
@@ -131,64 +116,60 @@ class Upscaler:
             self._tiles_per_batch.observe(len(indices))
         return outputs
 
-    async def upscale(
-        self, data: bytes, options: UpscaleOptions, limits: ImageLimits
-    ) -> UpscaleOutput:
-        """Bytes in, encoded bytes out: the path of the HTTP API."""
-        started = time.perf_counter()
-        image = await asyncio.to_thread(decode_image, data, limits)
-        decoded = time.perf_counter()
-        result = await self.upscale_image(image, options, limits)
-        inferred = time.perf_counter()
-        fmt = options.format or _keep_format(image)
-        encoded = await asyncio.to_thread(encode_image, result, fmt, options.quality)
-        done = time.perf_counter()
-        return UpscaleOutput(
-            data=encoded,
-            content_type=content_type(fmt),
-            format=fmt,
-            width=result.width,
-            height=result.height,
-            model=options.model,
-            scale=options.scale or result.width / image.width,
-            timings={
-                "decode_s": round(decoded - started, 4),
-                "upscale_s": round(inferred - decoded, 4),
-                "encode_s": round(done - inferred, 4),
-            },
+    async def upscale(self, data: bytes, options: UpscaleOptions, limits: Limits) -> EncodedImage:
+        """Encoded bytes in, encoded bytes out: the path of the HTTP API."""
+        known_scale, load = self._model(options)
+        return await pipeline.upscale_bytes(
+            data, options, limits, known_scale=known_scale, load=load
         )
 
-    async def upscale_image(
-        self, image: Image, options: UpscaleOptions, limits: ImageLimits
-    ) -> Image:
+    async def upscale_image(self, image: Image, options: UpscaleOptions, limits: Limits) -> Image:
         """A decoded image in, the upscaled image out: the path of composed deployments."""
-        if options.model not in self._served:
-            raise UnknownModelError(options.model, sorted(self._served))
-        spec = self._provider.upscale_spec(options.model)
-        known_scale = options.scale or spec.scale  # a user model's scale is known once loaded
-        if known_scale is not None:  # refuse before a possibly slow model load
-            check_output_size(*output_size(image.height, image.width, known_scale), limits)
-        network = (await self.get_model(variant_id(spec, options.denoise))).upscaler
-        outscale = options.scale or network.scale
-        if known_scale is None:
-            check_output_size(*output_size(image.height, image.width, outscale), limits)
-
-        async def forward(tile: np.ndarray) -> np.ndarray:
-            return await self.forward_tiles(_TileRequest(network, tile))
-
-        tiling = self._tiling  # one consistent config for this request, even if reconfigured
-        return await upscale_image_async(
-            image, forward, scale=network.scale, outscale=outscale, tile=tiling
+        known_scale, load = self._model(options)
+        header = pipeline.header_of(image)
+        runner, plan = await pipeline.prepare(
+            header, options, limits, known_scale=known_scale, load=load
         )
+        return await runner.run(image, plan.outscale)
+
+    def _model(self, options: UpscaleOptions) -> tuple[int | None, pipeline.LoadRunner]:
+        """The registry's scale of the requested model and how to load it on this replica."""
+        name = options.model
+        if name is None or name not in self._served:
+            raise UnknownModelError(str(name), sorted(self._served))
+        spec = self._provider.upscale_spec(name)
+        model_id = variant_id(spec, options.denoise)
+        routed = serve.get_multiplexed_model_id()
+        if routed and routed != model_id:
+            raise InvalidOptionError(
+                f"the request was routed for model {routed!r} but its options ask for {model_id!r}"
+            )
+        tiling = self._tiling  # one consistent config per request, even if reconfigured meanwhile
+
+        async def load() -> pipeline.Runner:
+            network = (await self.get_model(model_id)).upscaler
+
+            async def forward(tile: np.ndarray) -> np.ndarray:
+                return await self.forward_tiles(_TileRequest(network, tile))
+
+            async def run(image: Image, outscale: float) -> Image:
+                return await upscale_image_async(
+                    image, forward, scale=network.scale, outscale=outscale, tile=tiling
+                )
+
+            return pipeline.Runner(network.scale, run)
+
+        return spec.scale, load
 
     async def models(self) -> list[dict[str, Any]]:
         """What this replica serves: name, scale, whether it is loaded here, and why not."""
-        loaded = await self._loaded_models()
+        loaded = dict(self._loaded)
         out = []
         for name in sorted(self._served):
             spec = self._registry.get(name)
             ids = [i for i in loaded if i == name or i.startswith(f"{name}@")]
             errors = [e for i, e in self._load_errors.items() if i.partition("@")[0] == name]
+            status = "loaded" if ids else "unavailable" if errors else "loads on first use"
             out.append(
                 {
                     "name": name,
@@ -197,12 +178,8 @@ class Upscaler:
                     "supports_denoise": spec.supports_denoise,
                     "description": spec.description,
                     "loaded": bool(ids),
-                    "status": "loaded"
-                    if ids
-                    else "unavailable"
-                    if errors
-                    else "loads on first use",
-                    "weights_source": loaded[ids[0]].source if ids else None,
+                    "status": status,
+                    "weights_source": loaded[ids[0]].origin if ids else None,
                     "error": errors[0] if errors and not ids else None,
                 }
             )
@@ -220,29 +197,8 @@ class Upscaler:
 
     async def check_health(self) -> None:
         """Fails when a loaded model cannot run a forward pass (a broken device, say)."""
-        for loaded in (await self._loaded_models()).values():
+        for loaded in list(self._loaded.values())[:1]:
             probe = np.zeros((1, 3, 16, 16), dtype=np.float32)
             out = await asyncio.to_thread(loaded.upscaler.forward, probe)
             if not np.isfinite(out).all():
                 raise RuntimeError(f"{loaded.upscaler.name} produced non-finite output")
-            return
-
-    async def _loaded_models(self) -> dict[str, LoadedModel]:
-        # The multiplexed LRU is the only record of what is loaded: ask it, never mirror it.
-        wrapper = getattr(self, "__serve_multiplex_wrapper", None)
-        if wrapper is None:
-            return {}
-        return dict(wrapper.models)
-
-
-def _keep_format(image: Image) -> str:
-    return image.format if image.format in ("png", "jpeg", "webp") else "png"
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise InvalidOptionError(f"SUPERRES_DEVICE={name!r} is not a torch device") from e

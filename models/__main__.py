@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
+from models import pipeline
 from models.errors import SuperResError
-from models.imageio import ImageLimits, decode_image, encode_image, sniff_format
+from models.image import Image
 from models.inference import upscale_image
+from models.limits import Limits
 from models.loading import PRECISIONS
-from models.provider import ModelProvider, variant_id
-from models.registry import Registry
+from models.options import UpscaleOptions
+from models.provider import ModelProvider
+from models.registry import Registry, variant_id
+from models.settings import Settings
 from models.tiling import DEFAULT_TILE, TileConfig
 from models.weights import WeightsStore
 
-DEFAULT_CACHE = Path(
-    os.environ.get("SUPERRES_WEIGHTS_DIR", Path.home() / ".cache" / "superres" / "weights")
-)
-
 
 def _store(args: argparse.Namespace) -> WeightsStore:
-    mirrors = [m for m in os.environ.get("SUPERRES_WEIGHTS_MIRRORS", "").split(",") if m]
-    return WeightsStore(args.cache_dir, mirrors=mirrors, allow_download=not args.offline)
+    """The weights store of ``Settings`` (SUPERRES_WEIGHTS_DIR, ..._MIRRORS), with the CLI's flags."""
+    update: dict[str, object] = {"allow_download": False} if args.offline else {}
+    if args.cache_dir is not None:
+        update["weights_dir"] = args.cache_dir
+    return Settings().model_copy(update=update).weights_store()
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -41,36 +44,52 @@ def fetch(args: argparse.Namespace) -> int:
 def upscale(args: argparse.Namespace) -> int:
     provider = ModelProvider(Registry(), _store(args), precision=args.precision)
     spec = provider.upscale_spec(args.model)
-    started = time.perf_counter()
-    loaded = provider.load(variant_id(spec, args.denoise))
-    network = loaded.upscaler
-    print(f"model {args.model}: weights from {loaded.source}")
-    print(
-        f"device {network.device}, precision {network.precision}, loaded in "
-        f"{time.perf_counter() - started:.1f} s"
+    options = UpscaleOptions(
+        model=args.model,
+        scale=args.scale,
+        format=args.format,
+        quality=args.quality,
+        denoise=args.denoise,
     )
+    tile = TileConfig.for_tile(args.tile, pad=args.pad, blend=args.blend)
     data = args.input.read_bytes()
-    image = decode_image(data, ImageLimits(max_bytes=max(len(data), 1)))
-    tile = TileConfig(tile=args.tile, pad=args.pad, blend=DEFAULT_TILE.blend)
-    started = time.perf_counter()
-    result = upscale_image(
-        image, network.forward, scale=network.scale, outscale=args.scale, tile=tile
+    limits = Limits(max_upload_bytes=max(len(data), 1))
+
+    async def load() -> pipeline.Runner:
+        started = time.perf_counter()
+        loaded = provider.load(variant_id(spec, args.denoise))
+        network = loaded.upscaler
+        print(f"model {args.model}: weights from {loaded.source}")
+        print(
+            f"device {network.device}, precision {network.precision}, loaded in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+
+        async def run(image: Image, outscale: float) -> Image:
+            return upscale_image(
+                image, network.forward, scale=network.scale, outscale=outscale, tile=tile
+            )
+
+        return pipeline.Runner(network.scale, run)
+
+    result = asyncio.run(
+        pipeline.upscale_bytes(data, options, limits, known_scale=spec.scale, load=load)
     )
-    elapsed = time.perf_counter() - started
-    fmt = args.format or (
-        sniff_format(data) if sniff_format(data) in ("png", "jpeg", "webp") else "png"
-    )
-    args.output.write_bytes(encode_image(result, fmt, args.quality))
+    args.output.write_bytes(result.data)
+    elapsed = result.timings["upscale_s"]
+    pixels = result.width * result.height / result.scale**2
     print(
-        f"{image.width}x{image.height} -> {result.width}x{result.height} in {elapsed:.2f} s "
-        f"({image.pixels / 1e6 / elapsed:.3f} input MP/s); wrote {args.output}"
+        f"-> {result.width}x{result.height} {result.format} in {elapsed:.2f} s "
+        f"({pixels / 1e6 / elapsed:.3f} input MP/s); {result.timings}; wrote {args.output}"
     )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: SUPERRES_WEIGHTS_DIR or ~/.cache"
+    )
     parser.add_argument("--offline", action="store_true", help="never download; cache/ncnn only")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("output", type=Path)
     p_up.add_argument("--model", default="realesrgan-x4plus")
     p_up.add_argument("--scale", type=float, default=None, help="output scale, 1-8")
-    p_up.add_argument("--tile", type=int, default=DEFAULT_TILE.tile)
-    p_up.add_argument("--pad", type=int, default=DEFAULT_TILE.pad)
+    p_up.add_argument("--tile", type=int, default=DEFAULT_TILE.tile, help="input tile size")
+    p_up.add_argument("--pad", type=int, default=None, help="context pad; default: from --tile")
+    p_up.add_argument("--blend", type=int, default=None, help="cross-fade; default: from --tile")
     p_up.add_argument("--precision", choices=PRECISIONS, default="auto")
     p_up.add_argument("--format", choices=("png", "jpeg", "webp"), default=None)
     p_up.add_argument("--quality", type=int, default=None)

@@ -46,6 +46,26 @@ class ModelNotReadyError(ModelError):
     """The model is known but not loaded on this replica (yet, or because loading failed)."""
 
 
+class DeviceOutOfMemoryError(SuperResError):
+    """The device ran out of memory even at the smallest tile: a transient refusal, retry later."""
+
+
+_PUBLIC_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (WeightsUnavailableError, "its weights could not be fetched from any configured source"),
+    (WeightsVerificationError, "its weights file failed verification"),
+    (UnsupportedModelError, "its weights hold a model this service cannot run"),
+)
+
+
+def public_reason(exc: Exception) -> str:
+    """Why a model cannot be used, in words safe to show a client: no paths, hosts or URLs
+    (the full message belongs in the log)."""
+    for kind, reason in _PUBLIC_REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return str(exc) if isinstance(exc, ModelNotReadyError) else "it failed to load"
+
+
 # --- options ------------------------------------------------------------------------------------
 
 

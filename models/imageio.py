@@ -25,7 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -40,22 +40,23 @@ from models.errors import (
     InvalidOptionError,
     UnsupportedImageTypeError,
 )
+from models.formats import (
+    DEFAULT_QUALITY,
+    INPUT_FORMATS,
+    check_encodable,
+    output_format,
+    sniff_format,
+)
 from models.image import Image
+from models.limits import Limits
 
-FORMATS = ("png", "jpeg", "webp")
-"""Formats we write (and read)."""
-INPUT_FORMATS = (*FORMATS, "gif", "bmp", "tiff")
-"""Formats we read; an image read from the last three is written as PNG unless told otherwise."""
-DEFAULT_QUALITY = {"jpeg": 95, "webp": 90}
 # zlib level for PNG. On a 2048² upscaled photo: level 6 (Pillow's default) 2.8 s / 3.55 MB,
 # level 3 0.9 s / 3.93 MB, level 1 0.5 s / 4.2 MB. Outputs are large, so encode time matters more.
 PNG_COMPRESS_LEVEL = 3
 
-_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PILLOW_NAMES = {f: f.upper() for f in INPUT_FORMATS}
-_MAX_SIDE = {"jpeg": 65_500, "webp": 16_383}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 # Pillow mode → the mode we convert to before reading the pixels; anything else is refused.
 _TARGET_MODES = {
     "1": "L",
@@ -84,91 +85,29 @@ _ORIENTATIONS = {
 _EXIF_ORIENTATION_TAG = 0x0112
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """What one request may send and ask for. Pixel limits are checked from the header, before decoding.
-
-    Pillow's own bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, ~89 MP) still applies on top of
-    ``max_pixels``.
-    """
-
-    max_bytes: int = 50_000_000
-    max_pixels: int = 50_000_000
-    # The output canvas is float32 in host memory: 128 MP is 1.5 GB for RGB (12 B/px), 2 GB with
-    # alpha, before the 8/16-bit copy made to encode it. It allows a ×4 upscale of an 8 MP photo.
-    max_output_pixels: int = 128_000_000
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"ImageLimits.{field.name} must be a positive integer, got {value!r}"
-                )
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The input format named by the magic bytes (one of ``INPUT_FORMATS``), or None."""
-    head = bytes(data[:32])
-    if head.startswith(_PNG_SIGNATURE):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    # "BM" alone is too weak (text can start with it): also require a known DIB header size.
-    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
-        return "bmp"
-    return None
-
-
-def normalize_format(name: str) -> str:
-    """The canonical output format name (``"jpg"`` → ``"jpeg"``); InvalidOptionError if not writable."""
-    key = name.strip().lower()
-    key = "jpeg" if key == "jpg" else key
-    if key not in FORMATS:
-        raise InvalidOptionError(
-            f"unsupported output format {name!r}; use one of {', '.join(FORMATS)}"
-        )
-    return key
-
-
-def content_type(fmt: str) -> str:
-    """The MIME type of an output format."""
-    return _CONTENT_TYPES[normalize_format(fmt)]
-
-
-def check_output_size(height: int, width: int, limits: ImageLimits) -> None:
-    """Raise ImageTooLargeError if an output of this size is over ``limits.max_output_pixels``."""
-    pixels = height * width
-    if pixels > limits.max_output_pixels:
-        raise ImageTooLargeError(
-            f"the output would be {width}x{height} = {pixels} pixels, over the limit of "
-            f"{limits.max_output_pixels}",
-            limit=limits.max_output_pixels,
-            actual=pixels,
-        )
-
-
 # --- decoding -----------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image:
-    """Decode PNG, JPEG, WebP (or a still GIF, BMP, TIFF) bytes, upright, as float pixels in [0, 1].
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, read without decoding the pixels; sizes are upright (EXIF applied)."""
 
-    Raises (models.errors): ImageTooLargeError (bytes, pixels, bombs), EmptyInputError,
-    UnsupportedImageTypeError, CorruptImageError, AnimatedImageError.
+    format: str
+    width: int
+    height: int
+    has_alpha: bool
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """The format, upright size and alpha of encoded bytes, without decoding the pixels.
+
+    Raises (models.errors): EmptyInputError, UnsupportedImageTypeError, CorruptImageError,
+    AnimatedImageError, ImageTooLargeError (decompression bombs).
     """
-    if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"the image is {len(data)} bytes, over the limit of {limits.max_bytes}",
-            limit=limits.max_bytes,
-            actual=len(data),
-        )
     if not data:
         raise EmptyInputError("the image is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -179,12 +118,37 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image:
     with _pillow_errors(fmt):
         pil = PILImage.open(io.BytesIO(data), formats=[_PILLOW_NAMES[fmt]])
     with pil, _pillow_errors(fmt):
-        _check_pixels(pil.width, pil.height, limits)
         # A JPEG's MPO frames are previews or depth maps, not animation.
         if fmt != "jpeg" and getattr(pil, "is_animated", False):
             raise AnimatedImageError(
                 f"animated or multi-frame {fmt.upper()} images are not supported; send a still image"
             )
+        width, height = pil.size
+        if _ORIENTATIONS.get(_orientation(pil), (False,))[0]:
+            width, height = height, width
+        has_alpha = pil.mode in _ALPHA_MODES or "transparency" in pil.info
+    return ImageHeader(format=fmt, width=width, height=height, has_alpha=has_alpha)
+
+
+def decode_image(data: bytes, limits: Limits | None = None, *, face: bool = False) -> Image:
+    """Decode PNG, JPEG, WebP (or a still GIF, BMP, TIFF) bytes, upright, as float pixels in [0, 1],
+    refusing bytes and pixels over ``limits`` (the face limits with ``face``) before decoding.
+
+    Raises what ``read_header`` raises, and ImageTooLargeError over a limit.
+    """
+    limits = limits or Limits()
+    limits.check_bytes(len(data))
+    header = read_header(data)
+    limits.check_input(header.width, header.height, face=face)
+    return decode_pixels(data, header)
+
+
+def decode_pixels(data: bytes, header: ImageHeader) -> Image:
+    """Decode bytes whose header was read (and checked against the limits) already."""
+    fmt = header.format
+    with _pillow_errors(fmt):
+        pil = PILImage.open(io.BytesIO(data), formats=[_PILLOW_NAMES[fmt]])
+    with pil, _pillow_errors(fmt):
         icc = pil.info.get("icc_profile") or None
         if fmt == "png" and _png_bit_depth_and_type(data) in ((16, 2), (16, 4), (16, 6)):
             color, alpha = _decode_png16_color(data, pil.width, pil.height)
@@ -217,16 +181,6 @@ def _pillow_errors(fmt: str) -> Iterator[None]:
         raise ImageTooLargeError(f"decompression bomb refused: {e}") from e
     except Exception as e:  # decoders raise many types (OSError, SyntaxError, struct.error...)
         raise CorruptImageError(f"the {fmt.upper()} image is damaged or truncated: {e}") from e
-
-
-def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
-    pixels = width * height
-    if pixels > limits.max_pixels:
-        raise ImageTooLargeError(
-            f"the image is {width}x{height} = {pixels} pixels, over the limit of {limits.max_pixels}",
-            limit=limits.max_pixels,
-            actual=pixels,
-        )
 
 
 def _png_bit_depth_and_type(data: bytes) -> tuple[int, int] | None:
@@ -309,7 +263,7 @@ def encode_image(
     lossless WebP (at libwebp's fastest effort, ignoring quality). Raises InvalidOptionError for an
     unknown format, a bad quality, alpha to JPEG or a side over the format's maximum.
     """
-    fmt = normalize_format(format) if format is not None else _default_format(image)
+    fmt = output_format(format, image.format)
     level = _quality(fmt, quality)
     _check_encodable(image, fmt, lossless)
     if fmt == "png" and image.bit_depth == 16:
@@ -334,10 +288,6 @@ def encode_image(
     return buffer.getvalue()
 
 
-def _default_format(image: Image) -> str:
-    return image.format if image.format in FORMATS else "png"
-
-
 def _quality(fmt: str, quality: int | None) -> int | None:
     if quality is None:
         return DEFAULT_QUALITY.get(fmt)
@@ -354,16 +304,9 @@ def _check_encodable(image: Image, fmt: str, lossless: bool) -> None:
         raise ValueError(f"Image.alpha must be {color.shape[:2]}, got {alpha.shape}")
     if image.bit_depth not in (8, 16):
         raise ValueError(f"Image.bit_depth must be 8 or 16, got {image.bit_depth}")
-    if fmt == "jpeg" and alpha is not None:
-        raise InvalidOptionError("JPEG cannot store transparency; use png or webp")
     if fmt == "jpeg" and lossless:
         raise InvalidOptionError("JPEG cannot be lossless; use png or webp")
-    max_side = _MAX_SIDE.get(fmt)
-    if max_side is not None and max(image.height, image.width) > max_side:
-        raise InvalidOptionError(
-            f"{fmt.upper()} images are limited to {max_side} px per side and this one is "
-            f"{image.width}x{image.height}; use png"
-        )
+    check_encodable(fmt, image.width, image.height, has_alpha=alpha is not None)
 
 
 def _quantize(values: np.ndarray, top: int) -> np.ndarray:

@@ -33,7 +33,10 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` if given ("cpu", "cuda", "cuda:1"), else the first CUDA device when there is one."""
     if name:
-        return torch.device(name)
+        try:
+            return torch.device(name)
+        except RuntimeError as e:
+            raise InvalidOptionError(f"{name!r} is not a torch device (cpu, cuda, cuda:1)") from e
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

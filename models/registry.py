@@ -196,6 +196,29 @@ BUILTIN_SPECS: tuple[ModelSpec, ...] = (
 )
 
 
+DEFAULT_DENOISE = 0.5  # Real-ESRGAN's own default for realesr-general-x4v3
+_VARIANT_SEP = "@dn="
+
+
+def variant_id(spec: ModelSpec, denoise: float | None) -> str:
+    """A key naming one runnable network: the model, plus the blend for denoise models.
+
+    Denoise strength is rounded to 0.05 so that requests share a handful of loaded networks (and
+    therefore batches) instead of one per distinct float.
+    """
+    if not spec.supports_denoise:
+        if denoise is not None:
+            raise InvalidOptionError(f"denoise applies to realesr-general-x4v3, not {spec.name}")
+        return spec.name
+    strength = DEFAULT_DENOISE if denoise is None else round(denoise * 20) / 20
+    return f"{spec.name}{_VARIANT_SEP}{strength:.2f}"
+
+
+def parse_variant(model_id: str) -> tuple[str, float | None]:
+    name, sep, strength = model_id.partition(_VARIANT_SEP)
+    return name, (float(strength) if sep else None)
+
+
 class Registry:
     """A name → spec mapping. Built-ins plus the user's models; injectable, never global."""
 

@@ -24,6 +24,8 @@ from models.errors import InvalidOptionError, UnsupportedModelError
 
 MIN_TILE = 16
 MAX_TILE = 4096
+DEFAULT_PAD = 32
+DEFAULT_BLEND = 16
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -43,8 +45,8 @@ class TileConfig:
     """
 
     tile: int = 256
-    pad: int = 32
-    blend: int = 16
+    pad: int = DEFAULT_PAD
+    blend: int = DEFAULT_BLEND
 
     def __post_init__(self) -> None:
         _check_int("tile", self.tile, MIN_TILE)
@@ -59,6 +61,16 @@ class TileConfig:
                 f"least {least} (tile={self.tile}, pad={self.pad}, blend={self.blend}); raise tile "
                 f"or lower pad or blend"
             )
+
+    @classmethod
+    def for_tile(cls, tile: int, *, pad: int | None = None, blend: int | None = None) -> TileConfig:
+        """A config for ``tile`` whose pad and blend, unless given, keep the default's proportions
+        (capped at the default's values), so any tile from ``MIN_TILE`` up is valid on its own."""
+        return cls(
+            tile=tile,
+            pad=min(DEFAULT_PAD, tile // 8) if pad is None else pad,
+            blend=min(DEFAULT_BLEND, tile // 16) if blend is None else blend,
+        )
 
     @property
     def stride(self) -> int:

@@ -96,7 +96,9 @@ def build(
             name: override.source(Registry().get(name).weights.filename)
             for name, override in args.face_weights.items()
         }
-        faces = deployment(FaceRestorer).bind(settings, upscaler, weights, face_detector)
+        faces = deployment(FaceRestorer).bind(
+            settings, upscaler, args.custom_models, weights, face_detector
+        )
     return deployment(Ingress).bind(
         upscaler,
         faces,

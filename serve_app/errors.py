@@ -1,13 +1,23 @@
-"""Domain errors → HTTP, in one place. Every error body is ``{"error": {"code", "message"}}``."""
+"""Errors → HTTP, sorted once. Every error body is ``{"error": {"code", "message"}}``.
+
+* Client errors (4xx) say what was wrong with the request, in the words of the exception.
+* Transient errors (503 + ``Retry-After``): storage, model loading, overload, device memory. Their
+  bodies say what to do, never where (no endpoints, paths, hosts or bucket names): the details go
+  to the log.
+* Anything else is a bug: 500 with no internal detail, logged with its traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,22 +40,38 @@ class ApiError(Exception):
     retry_after: int | None = None
 
 
+@dataclass(frozen=True)
+class _Rule:
+    kind: type[BaseException]
+    status: int
+    code: str
+    message: str | None = None  # None: the exception's own words (client errors only)
+
+
 # Most specific first: the first matching class wins.
-_MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
-    (e.EmptyInputError, 400, "empty_input"),
-    (e.UnsupportedImageTypeError, 415, "unsupported_media_type"),
-    (e.AnimatedImageError, 415, "animated_image"),
-    (e.CorruptImageError, 400, "corrupt_image"),
-    (e.ImageTooLargeError, 413, "too_large"),
-    (e.UnknownModelError, 400, "unknown_model"),
-    (e.InvalidOptionError, 400, "invalid_option"),
-    (e.WeightsUnavailableError, 503, "model_unavailable"),
-    (e.WeightsVerificationError, 503, "model_unavailable"),
-    (e.UnsupportedModelError, 503, "model_unavailable"),
-    (e.ModelNotReadyError, 503, "model_unavailable"),
-    (StorageUnavailableError, 503, "storage_unavailable"),
-    (BackPressureError, 503, "overloaded"),
+_RULES: tuple[_Rule, ...] = (
+    _Rule(e.EmptyInputError, 400, "empty_input"),
+    _Rule(e.UnsupportedImageTypeError, 415, "unsupported_media_type"),
+    _Rule(e.AnimatedImageError, 415, "animated_image"),
+    _Rule(e.CorruptImageError, 400, "corrupt_image"),
+    _Rule(e.ImageTooLargeError, 413, "too_large"),
+    _Rule(e.UnknownModelError, 400, "unknown_model"),
+    _Rule(e.InvalidOptionError, 400, "invalid_option"),
+    _Rule(ValidationError, 422, "validation_error"),
+    _Rule(e.ModelNotReadyError, 503, "model_unavailable"),
+    _Rule(e.ModelError, 503, "model_unavailable"),
+    _Rule(e.DeviceOutOfMemoryError, 503, "overloaded", "the service is out of device memory"),
+    _Rule(BackPressureError, 503, "overloaded", "the service is at capacity"),
+    _Rule(StorageUnavailableError, 503, "storage_unavailable", "result storage is unavailable"),
 )
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One line naming each invalid field and why (pydantic's or FastAPI's error list)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'] if p not in ('body', 'query'))}: {err['msg']}"
+        for err in errors
+    )
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -59,33 +85,45 @@ def to_api_error(exc: BaseException) -> ApiError:
     exc = _cause(exc)
     if isinstance(exc, ApiError):
         return exc
-    for kind, status, code in _MAPPING:
-        if isinstance(exc, kind):
-            retry = RETRY_AFTER_S if status == 503 else None
-            return ApiError(status, code, str(exc) or code, retry)
-    log.exception("unexpected error", exc_info=exc)
+    for rule in _RULES:
+        if isinstance(exc, rule.kind):
+            return _apply(rule, exc)
+    log.error("unexpected error", exc_info=exc)
     return ApiError(500, "internal", "internal error; it has been logged")
 
 
-def error_response(error: ApiError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+def _apply(rule: _Rule, exc: BaseException) -> ApiError:
+    if rule.status < 500:
+        if isinstance(exc, ValidationError):
+            return ApiError(rule.status, rule.code, validation_message(exc.errors()))
+        return ApiError(rule.status, rule.code, str(exc) or rule.code)
+    log.warning("%s: %s", rule.code, exc)  # the details, for operators
+    if rule.message is not None:
+        message = rule.message
+    elif isinstance(exc, e.ModelError):
+        message = f"the model is unavailable: {e.public_reason(exc)}"
+    else:
+        message = rule.code
+    return ApiError(rule.status, rule.code, f"{message}; try again later", RETRY_AFTER_S)
+
+
+def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if error.retry_after:
+        headers["Retry-After"] = str(error.retry_after)
     body = {"error": {"code": error.code, "message": error.message}}
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return JSONResponse(body, status_code=error.status, headers=headers or None)
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'] if p not in ('body', 'query'))}: {err['msg']}"
-            for err in exc.errors()
-        )
-        return error_response(ApiError(422, "validation_error", details))
+        return error_response(ApiError(422, "validation_error", validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)), exc.headers)
 
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:

@@ -1,38 +1,41 @@
 """The HTTP ingress: validate, hand the work to the model deployments, store, answer.
 
-It stays thin: no pixels are decoded here. Bodies are counted while they stream in, so an oversized
-upload is refused without reading it all. The same operations are methods that other Ray apps call
-through a handle (``serve.get_app_handle("superres").upscale.remote(...)``).
+It stays thin and torch-free: no pixels are decoded here, and it imports neither torch, spandrel nor
+OpenCV. The operations are also methods that other Ray apps call through a handle
+(``serve.get_app_handle("superres").upscale.remote(image_bytes, scale=2)``), validated by the same
+options models as the HTTP routes.
 """
 
 import asyncio
 import hashlib
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.config import CustomModel
-from deployments.face import FaceOptions
-from deployments.upscaler import UpscaleOutput, build_registry
-from models.imageio import ImageLimits, sniff_format
-from models.options import UpscaleOptions
-from models.provider import variant_id
+from deployments.config import CustomModel, build_registry
+from models.limits import Limits
+from models.options import FaceEnhanceOptions, UpscaleOptions
+from models.registry import variant_id
+from models.results import EncodedImage
 from models.settings import Settings
 from models.storage import ResultStore
-from serve_app.errors import ApiError, error_response, install_handlers, to_api_error
-from serve_app.schemas import ErrorResponse, FaceBox, ModelInfo, UpscaleResult
+from serve_app.errors import ApiError, install_handlers
+from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
+from serve_app.upload import read_upload, request_body
 
 log = logging.getLogger("ray.serve")
 
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around the file
+Options = TypeVar("Options", bound=BaseModel)
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 503)
 }
+READINESS_TIMEOUT_S = 2.0
 
 app = FastAPI(
     title="superres",
@@ -40,79 +43,6 @@ app = FastAPI(
     version="0.1.0",
 )
 install_handlers(app)
-
-
-class RequestParams(BaseModel):
-    """Options of one request, from the query string and/or multipart form fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = None
-    scale: float | None = None
-    format: str | None = None
-    quality: int | None = None
-    denoise: float | None = None
-    face_enhance: bool = False
-    only_center_face: bool = False
-    max_faces: int = Field(default=10, ge=1, le=100)
-    weight: float = Field(default=1.0, ge=0, le=1)
-    background_model: str | None = None
-
-
-class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_upload_bytes: int = Field(default=50_000_000, gt=0)
-    max_input_pixels: int = Field(default=50_000_000, gt=0)
-    max_face_input_pixels: int = Field(default=25_000_000, gt=0)
-    max_output_pixels: int = Field(default=128_000_000, gt=0)
-
-    def image_limits(self, *, face: bool = False) -> ImageLimits:
-        return ImageLimits(
-            max_bytes=self.max_upload_bytes,
-            max_pixels=self.max_face_input_pixels if face else self.max_input_pixels,
-            max_output_pixels=self.max_output_pixels,
-        )
-
-
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_large = ApiError(413, "too_large", f"the upload is over the limit of {limit} bytes")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_upload(request: Request, limits: Limits) -> tuple[bytes, dict[str, str]]:
-    """The image bytes (multipart ``file`` or the raw body) and any form fields sent with it."""
-    cap = limits.max_upload_bytes
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
-        return await read_limited_body(request, cap), {}
-    request._body = await read_limited_body(request, cap + MULTIPART_OVERHEAD)  # form() re-reads it
-    async with request.form(max_files=1, max_fields=20) as form:
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(400, "missing_file", "send the image as the multipart field 'file'")
-        data = await upload.read()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    if len(data) > cap:
-        raise ApiError(413, "too_large", f"the upload is over the limit of {cap} bytes")
-    return data, fields
-
-
-def check_is_image(data: bytes) -> None:
-    if not data:
-        raise ApiError(400, "empty_input", "the request carried no image bytes")
-    if sniff_format(data) is None:
-        raise ApiError(415, "unsupported_media_type", "not an image: send PNG, JPEG or WebP")
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
@@ -142,43 +72,40 @@ class Ingress:
 
     async def upscale(self, image: bytes, **options: Any) -> UpscaleResult:
         """Upscale encoded image bytes; options as for ``POST /v1/upscale``. Raises domain errors."""
-        return await self._run(image, self._params(options), face=False)
+        return await self._upscale(image, UpscaleOptions.model_validate(options))
 
     async def face_enhance(self, image: bytes, **options: Any) -> UpscaleResult:
         """Restore faces (GFPGAN) over an upscaled background; options as ``POST /v1/face-enhance``."""
-        return await self._run(image, self._params(options), face=True)
+        return await self._face_enhance(image, FaceEnhanceOptions.model_validate(options))
 
     # --- HTTP ---------------------------------------------------------------------------------
 
-    @app.post("/v1/upscale", response_model=UpscaleResult, responses=ERRORS)
+    @app.post(
+        "/v1/upscale",
+        response_model=UpscaleResult,
+        responses=ERRORS,
+        openapi_extra=request_body(UpscaleOptions),
+    )
     async def http_upscale(
-        self,
-        request: Request,
-        model: Annotated[str | None, Query()] = None,
-        scale: Annotated[float | None, Query(ge=1, le=8)] = None,
-        format: Annotated[str | None, Query()] = None,
-        quality: Annotated[int | None, Query(ge=1, le=100)] = None,
-        denoise: Annotated[float | None, Query(ge=0, le=1)] = None,
-        face_enhance: Annotated[bool, Query()] = False,
-    ) -> Any:
+        self, request: Request, options: Annotated[UpscaleOptions, Query()]
+    ) -> UpscaleResult:
         """Upscale one image: multipart field ``file``, or the raw image as the body. Options come
         as query parameters or as form fields."""
-        return await self._http(request, face=False)
+        data, options = await read_upload(request, options, self._limits.max_upload_bytes)
+        return await self._upscale(data, options)
 
-    @app.post("/v1/face-enhance", response_model=UpscaleResult, responses=ERRORS)
+    @app.post(
+        "/v1/face-enhance",
+        response_model=UpscaleResult,
+        responses=ERRORS,
+        openapi_extra=request_body(FaceEnhanceOptions),
+    )
     async def http_face_enhance(
-        self,
-        request: Request,
-        scale: Annotated[float | None, Query(ge=1, le=8)] = None,
-        only_center_face: Annotated[bool, Query()] = False,
-        max_faces: Annotated[int, Query(ge=1, le=100)] = 10,
-        weight: Annotated[float, Query(ge=0, le=1)] = 1.0,
-        background_model: Annotated[str | None, Query()] = None,
-        format: Annotated[str | None, Query()] = None,
-        quality: Annotated[int | None, Query(ge=1, le=100)] = None,
-    ) -> Any:
+        self, request: Request, options: Annotated[FaceEnhanceOptions, Query()]
+    ) -> UpscaleResult:
         """Restore the faces of one image with GFPGAN v1.4 and upscale the rest."""
-        return await self._http(request, face=True)
+        data, options = await read_upload(request, options, self._limits.max_upload_bytes)
+        return await self._face_enhance(data, options)
 
     @app.get("/v1/models", response_model=list[ModelInfo])
     async def list_models(self) -> list[dict[str, Any]]:
@@ -210,10 +137,13 @@ class Ingress:
             await asyncio.to_thread(self._store.ensure_bucket)
             checks["storage"] = {"ready": True}
         except Exception as exc:
-            checks["storage"] = {"ready": False, "error": str(exc)}
+            log.warning("readiness: storage: %s", exc)
+            checks["storage"] = {"ready": False, "error": "result storage is unavailable"}
         if self._faces is not None:
             try:  # a FaceRestorer still fetching weights must not stall readiness probes
-                faces = await asyncio.wait_for(self._faces.models.remote(), timeout=2)
+                faces = await asyncio.wait_for(
+                    self._faces.models.remote(), timeout=READINESS_TIMEOUT_S
+                )
                 checks["face"] = {m["name"]: m["ready"] for m in faces}
             except TimeoutError:
                 checks["face"] = "starting"
@@ -223,30 +153,24 @@ class Ingress:
 
     # --- shared ---------------------------------------------------------------------------------
 
-    async def _http(self, request: Request, *, face: bool) -> JSONResponse:
-        try:
-            data, fields = await read_upload(request, self._limits)
-            params = self._params({**request.query_params, **fields})
-            result = await self._run(data, params, face=face or params.face_enhance)
-        except Exception as exc:
-            return error_response(to_api_error(exc))
-        return JSONResponse(result.model_dump(mode="json"))
+    async def _upscale(self, data: bytes, options: UpscaleOptions) -> UpscaleResult:
+        if options.face_enhance:
+            return await self._face_enhance(data, options.face_options())
+        options = options.model_copy(update={"model": options.model or self._default_model})
+        model_id = variant_id(self._registry.get(str(options.model)), options.denoise)
+        handle = self._upscaler.options(multiplexed_model_id=model_id)
+        encoded = await handle.upscale.remote(data, options, self._limits)
+        return await self._stored(encoded, data)
 
-    def _params(self, raw: dict[str, Any]) -> RequestParams:
-        try:
-            return RequestParams.model_validate(raw)
-        except ValidationError as exc:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ApiError(422, "validation_error", detail) from None
+    async def _face_enhance(self, data: bytes, options: FaceEnhanceOptions) -> UpscaleResult:
+        if self._faces is None:
+            raise ApiError(503, "model_unavailable", "face enhancement is not enabled", 5)
+        background = options.background_model or self._default_model
+        options = options.model_copy(update={"background_model": background})
+        encoded = await self._faces.enhance.remote(data, options, self._limits)
+        return await self._stored(encoded, data)
 
-    async def _run(self, data: bytes, params: RequestParams, *, face: bool) -> UpscaleResult:
-        check_is_image(data)
-        faces: list[FaceBox] | None = None
-        if face:
-            output, boxes = await self._face_enhance(data, params)
-            faces = [FaceBox(box=b["box"], score=b["score"]) for b in boxes]
-        else:
-            output = await self._upscale(data, params)
+    async def _stored(self, output: EncodedImage, data: bytes) -> UpscaleResult:
         metadata = {
             "model": output.model,
             "scale": f"{output.scale:g}",
@@ -271,34 +195,5 @@ class Ingress:
             scale=output.scale,
             bytes=stored.bytes,
             timings=output.timings,
-            faces=faces,
+            faces=None if output.faces is None else list(output.faces),
         )
-
-    async def _upscale(self, data: bytes, params: RequestParams) -> UpscaleOutput:
-        options = UpscaleOptions(
-            model=params.model or self._default_model,
-            scale=params.scale,
-            format=params.format,
-            quality=params.quality,
-            denoise=params.denoise,
-        )
-        model_id = variant_id(self._registry.get(options.model), options.denoise)
-        handle = self._upscaler.options(multiplexed_model_id=model_id)
-        return await handle.upscale.remote(data, options, self._limits.image_limits())
-
-    async def _face_enhance(
-        self, data: bytes, params: RequestParams
-    ) -> tuple[UpscaleOutput, list[dict[str, Any]]]:
-        if self._faces is None:
-            raise ApiError(503, "model_unavailable", "face enhancement is not enabled", 5)
-        options = FaceOptions(
-            scale=params.scale,
-            only_center_face=params.only_center_face,
-            max_faces=params.max_faces,
-            weight=params.weight,
-            background_model=params.background_model or params.model or self._default_model,
-            format=params.format,
-            quality=params.quality,
-        )
-        limits = self._limits.image_limits(face=True)
-        return await self._faces.enhance.remote(data, options, limits)

@@ -6,10 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class FaceBox(BaseModel):
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in output pixels
-    score: float
+from models.results import FaceBox
 
 
 class UpscaleResult(BaseModel):

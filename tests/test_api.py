@@ -123,7 +123,7 @@ BAD_INPUTS = [
     ("output-too-large", encode(np.zeros((900, 900, 3), np.uint8)), {"scale": 8}, 413, "too_large"),
     ("scale-range", encode(noise(8, 8)), {"scale": 9}, 422, "validation_error"),
     ("scale-type", encode(noise(8, 8)), {"scale": "big"}, 422, "validation_error"),
-    ("format", encode(noise(8, 8)), {"format": "tiff"}, 400, "invalid_option"),
+    ("format", encode(noise(8, 8)), {"format": "tiff"}, 422, "validation_error"),
     ("unknown-model", encode(noise(8, 8)), {"model": "nope"}, 400, "unknown_model"),
     ("denoise-other", encode(noise(8, 8)), {"denoise": 0.5}, 400, "invalid_option"),
     ("jpeg-alpha", encode(noise(8, 8, 4)), {"format": "jpeg"}, 400, "invalid_option"),

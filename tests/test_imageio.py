@@ -13,7 +13,7 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageFile, ImageOps
 
-from models import imageio
+from models import formats
 from models.errors import (
     AnimatedImageError,
     CorruptImageError,
@@ -22,16 +22,10 @@ from models.errors import (
     InvalidOptionError,
     UnsupportedImageTypeError,
 )
+from models.formats import content_type, normalize_format, sniff_format
 from models.image import Image
-from models.imageio import (
-    ImageLimits,
-    check_output_size,
-    content_type,
-    decode_image,
-    encode_image,
-    normalize_format,
-    sniff_format,
-)
+from models.imageio import decode_image, encode_image, read_header
+from models.limits import Limits
 
 RNG = np.random.default_rng(1234)
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -119,7 +113,7 @@ def test_normalize_format_and_content_type() -> None:
     assert normalize_format(" png ") == "png"
     assert normalize_format("WebP") == "webp"
     assert content_type("jpg") == "image/jpeg"
-    assert [content_type(f) for f in imageio.FORMATS] == ["image/png", "image/jpeg", "image/webp"]
+    assert [content_type(f) for f in formats.FORMATS] == ["image/png", "image/jpeg", "image/webp"]
     for bad in ("gif", "tiff", "", "image/png"):
         with pytest.raises(InvalidOptionError, match="unsupported output format"):
             normalize_format(bad)
@@ -290,7 +284,7 @@ def test_icc_profile_is_kept_and_written_back(fmt: str) -> None:
     data = _save(PILImage.fromarray(_u8(8, 8, 3)), fmt.upper(), icc_profile=SRGB)
     image = decode_image(data)
     assert image.icc_profile == SRGB
-    for out in imageio.FORMATS:
+    for out in formats.FORMATS:
         written = PILImage.open(io.BytesIO(encode_image(image, out)))
         assert written.info.get("icc_profile") == SRGB, out
 
@@ -411,7 +405,7 @@ def test_non_images_are_unsupported(data: bytes) -> None:
 
 def test_byte_limit_is_checked_first() -> None:
     with pytest.raises(ImageTooLargeError) as caught:
-        decode_image(b"not even an image", ImageLimits(max_bytes=10))
+        decode_image(b"not even an image", Limits(max_upload_bytes=10))
     assert (caught.value.limit, caught.value.actual) == (10, 17)
 
 
@@ -476,12 +470,12 @@ def test_pixel_limit_comes_from_the_header(
         decode_image(_png_header(8000, 7000, depth, colour_type))
     assert (caught.value.limit, caught.value.actual) == (50_000_000, 56_000_000)
     with pytest.raises(ImageTooLargeError):
-        decode_image(_png_header(20, 20, depth, colour_type), ImageLimits(max_pixels=399))
+        decode_image(_png_header(20, 20, depth, colour_type), Limits(max_input_pixels=399))
 
 
 def test_image_at_the_pixel_limit_is_accepted() -> None:
     data = _save(PILImage.fromarray(_u8(20, 20, 3)), "PNG")
-    assert decode_image(data, ImageLimits(max_pixels=400)).pixels == 400
+    assert decode_image(data, Limits(max_input_pixels=400)).pixels == 400
 
 
 def _frames(mode: str = "RGB") -> list[PILImage.Image]:
@@ -513,16 +507,46 @@ def test_mpo_jpeg_uses_the_primary_image() -> None:
     assert np.abs(_u8_of(image.color).astype(int) - (200, 30, 30)).max() <= 2
 
 
-def test_check_output_size() -> None:
-    limits = ImageLimits(max_output_pixels=100)
-    check_output_size(10, 10, limits)
+def test_output_limit() -> None:
+    limits = Limits(max_output_pixels=100)
+    limits.check_output(10, 10)
     with pytest.raises(ImageTooLargeError) as caught:
-        check_output_size(10, 11, limits)
+        limits.check_output(10, 11)
     assert (caught.value.limit, caught.value.actual) == (100, 110)
-    assert ImageLimits().max_output_pixels == 128_000_000
+    assert Limits().max_output_pixels == 128_000_000
+
+
+def test_face_requests_have_their_own_pixel_limit() -> None:
+    data = _save(PILImage.fromarray(_u8(20, 20, 3)), "PNG")
+    limits = Limits(max_input_pixels=400, max_face_input_pixels=399)
+    assert decode_image(data, limits).pixels == 400
+    with pytest.raises(ImageTooLargeError):
+        decode_image(data, limits, face=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "orientation", "size", "alpha"),
+    [
+        ("RGB", 1, (30, 20), False),
+        ("RGBA", 1, (30, 20), True),
+        ("LA", 6, (20, 30), True),
+        ("P", 8, (20, 30), False),
+        ("L", 3, (30, 20), False),
+    ],
+)
+def test_header_is_read_without_decoding(
+    monkeypatch: pytest.MonkeyPatch, mode: str, orientation: int, size: tuple[int, int], alpha: bool
+) -> None:
+    pil = PILImage.new(mode, (30, 20))
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    data = _save(pil, "PNG", exif=exif.tobytes())
+    _no_decoding(monkeypatch)
+    header = read_header(data)
+    assert (header.format, (header.width, header.height), header.has_alpha) == ("png", size, alpha)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_limits_must_be_positive_integers(bad: object) -> None:
-    with pytest.raises(ValueError, match="max_pixels"):
-        ImageLimits(max_pixels=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_input_pixels"):
+        Limits(max_input_pixels=bad)  # type: ignore[arg-type]

@@ -19,8 +19,8 @@ from models.errors import ImageError, InvalidOptionError
 from models.face.align import estimate_affine, warp_face
 from models.face.paste import paste_face
 from models.face.types import FACE_SIZE, DetectedFace, FaceDetector, RestoreFn
+from models.options import DEFAULT_MAX_FACES
 
-DEFAULT_MAX_FACES = 16
 # GFPGANer skips faces whose eyes are closer than this (side views, tiny faces).
 MIN_EYE_DISTANCE = 5.0
 

@@ -1,0 +1,49 @@
+"""What one request may send and ask for: the only limits object, checked before the work it bounds."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.errors import ImageTooLargeError
+
+
+class Limits(BaseModel):
+    """Per-request limits. ``max_output_pixels`` bounds every canvas a request allocates: the
+    network's own output (a 4x network computes at 4x even when ``scale=1`` is asked for) and the
+    requested result. The canvas is float32 in host memory: 128 MP is 1.5 GB for RGB (12 B/px).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_upload_bytes: int = Field(default=50_000_000, gt=0, strict=True)
+    max_input_pixels: int = Field(default=50_000_000, gt=0, strict=True)
+    max_face_input_pixels: int = Field(default=25_000_000, gt=0, strict=True)
+    max_output_pixels: int = Field(default=128_000_000, gt=0, strict=True)
+
+    def check_bytes(self, size: int) -> None:
+        if size > self.max_upload_bytes:
+            raise ImageTooLargeError(
+                f"the image is {size} bytes, over the limit of {self.max_upload_bytes}",
+                limit=self.max_upload_bytes,
+                actual=size,
+            )
+
+    def check_input(self, width: int, height: int, *, face: bool = False) -> None:
+        limit = self.max_face_input_pixels if face else self.max_input_pixels
+        pixels = width * height
+        if pixels > limit:
+            raise ImageTooLargeError(
+                f"the image is {width}x{height} = {pixels} pixels, over the limit of {limit}",
+                limit=limit,
+                actual=pixels,
+            )
+
+    def check_output(self, width: int, height: int, *, what: str = "the output") -> None:
+        pixels = width * height
+        if pixels > self.max_output_pixels:
+            raise ImageTooLargeError(
+                f"{what} would be {width}x{height} = {pixels} pixels, over the limit of "
+                f"{self.max_output_pixels}",
+                limit=self.max_output_pixels,
+                actual=pixels,
+            )
