@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The superres image: the official Ray image (GPU variant) plus this project, installed with the
 # dependency versions the tests ran with (k8s/image/constraints.txt, `make manifests` checks it).
-# It starts nothing itself: KubeRay runs `ray start` in it and deploys the Serve config.
+# It starts nothing itself: KubeRay runs `ray start` in it and deploys the Serve config. It runs as
+# the non-root user 1000 (`ray`).
 #
 #   docker build -t registry.example.com/superres:0.1.0 .
 #   # CPU-only and much smaller, for kind/minikube (docs/kubernetes.md):
@@ -37,3 +38,7 @@ RUN pip install --no-deps . \
  && cd /home/ray && rm -rf /home/ray/superres-build
 
 WORKDIR /home/ray
+# Non-root: the image's `ray` user (uid 1000, group users = 100), by number so that Kubernetes can
+# verify `runAsNonRoot` without a runAsUser. The pods also run with a read-only root filesystem:
+# Ray writes to /tmp, the app to its weights cache, both emptyDirs (k8s/base/rayservice.yaml).
+USER 1000:100

@@ -5,7 +5,8 @@ Written (never edit them by hand):
 - ``configs/serve_config.gpu.yaml``: the Serve config with ``configs/gpu-overrides.yaml`` merged in;
 - ``k8s/overlays/<overlay>/generated/serve-config.patch.yaml``: the RayService's ``serveConfigV2``;
 - ``k8s/overlays/<overlay>/generated/weights-models.yaml``: the models the weights Job stages;
-- ``k8s/base/generated/storage-jobs.yaml``: ``k8s/storage_jobs.py`` as a ConfigMap for the Jobs.
+- ``k8s/base/generated/storage-jobs.yaml``: ``k8s/storage_jobs.py`` and ``k8s/minio_user.sh`` as a
+  ConfigMap for the Jobs.
 
 ``python k8s/generate.py`` writes them; ``--check`` writes nothing and exits 1 when a committed file
 differs (or the image's constraints no longer satisfy pyproject.toml); ``--lock`` rewrites
@@ -42,6 +43,7 @@ SERVE_CONFIG = Path("configs/serve_config.yaml")
 GPU_OVERRIDES = Path("configs/gpu-overrides.yaml")
 GPU_CONFIG = Path("configs/serve_config.gpu.yaml")
 JOBS_SCRIPT = Path("k8s/storage_jobs.py")
+MINIO_USER_SCRIPT = Path("k8s/minio_user.sh")
 JOBS_CONFIGMAP = Path("k8s/base/generated/storage-jobs.yaml")
 CONSTRAINTS = Path("k8s/image/constraints.txt")
 # Overlay name -> the overrides applied on top of the base config (None: the base config as is).
@@ -220,9 +222,9 @@ def generated_files(repo: Path) -> dict[Path, str]:
     }
     for overlay in OVERLAYS:
         files.update(_overlay_files(repo, overlay))
-    script = {JOBS_SCRIPT.name: (repo / JOBS_SCRIPT).read_text()}
-    files[JOBS_CONFIGMAP] = _header(JOBS_SCRIPT) + dump_yaml(
-        _configmap("superres-storage-jobs", "storage", script)
+    scripts = {path.name: (repo / path).read_text() for path in (JOBS_SCRIPT, MINIO_USER_SCRIPT)}
+    files[JOBS_CONFIGMAP] = _header(JOBS_SCRIPT, MINIO_USER_SCRIPT) + dump_yaml(
+        _configmap("superres-storage-jobs", "storage", scripts)
     )
     return files
 

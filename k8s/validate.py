@@ -1,13 +1,17 @@
-"""Offline validation of the rendered overlays (`kubectl kustomize`): schemas, Serve config, consistency.
+"""Offline validation of the rendered overlays (``kubectl kustomize``): schemas, Serve, consistency.
 
 - ``ray.io`` kinds against the KubeRay CRD schemas, strictly: an unknown or misspelled key fails;
 - core kinds (and the pod templates inside a RayService) against the Kubernetes schemas shipped by
   ``kubernetes-validate``, in strict mode;
 - ``serveConfigV2`` through Ray's ``ServeDeploySchema`` and ``AutoscalingConfig``, unknown keys
-  included (Ray's models ignore them);
+  included (Ray's models ignore them), and each application's ``args`` and ``user_config`` through
+  the app's own models (``AppArgs``, ``UpscalerConfig``, ``FaceConfig``);
 - what no schema sees: that the worker groups can hold every replica at ``max_replicas``, object
   store < /dev/shm < memory, requests = limits, secrets only through ``secretKeyRef``, references
-  to ConfigMaps, Secrets and Services that exist, and the public S3 endpoint behind the Ingress.
+  to ConfigMaps, Secrets and Services that exist, and the public S3 endpoint behind the Ingress;
+- the hardening rules of k8s/security.py (non-root, read-only root, no capabilities, seccomp, no
+  service account tokens, pinned images) and k8s/access.py (MinIO's NetworkPolicy, the Ray pods'
+  limited S3 user, API keys on).
 
 ``python k8s/validate.py [OVERLAY ...]`` prints the problems of each overlay and exits 1 if any.
 """
@@ -35,11 +39,19 @@ if __package__ in (None, ""):  # run as `python k8s/validate.py`
     sys.path.insert(0, str(REPO))
 
 from k8s import ManifestError  # noqa: E402
+from k8s.access import access_problems  # noqa: E402
 from k8s.render import render, resource_id  # noqa: E402
+from k8s.security import security_problems  # noqa: E402
 
 K8S_VERSION = "1.33"  # the oldest Kubernetes the manifests target
-SECRET_NAME = "superres-s3"
-SECRET_KEYS = frozenset({"access-key-id", "secret-access-key"})
+APP_IMPORT_PATH = "serve_app.app:build_app"  # our application (others' are Ray's business)
+# The Secrets an operator creates (docs/kubernetes.md) and their keys; an overlay may ship them.
+S3_KEYS = frozenset({"access-key-id", "secret-access-key"})
+SECRETS: dict[str, frozenset[str]] = {
+    "superres-s3": S3_KEYS,  # MinIO's root user: MinIO and the storage Jobs
+    "superres-s3-app": S3_KEYS,  # the limited MinIO user of the Ray pods
+    "superres-api-keys": frozenset({"api-keys"}),  # the hashed API keys
+}
 OVERLAYS_DIR = REPO / "k8s" / "overlays"
 _SECRET_LIKE = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", re.IGNORECASE)
 _QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -199,6 +211,37 @@ def serve_config_problems(text: str) -> list[str]:
                     f"{where}: target_ongoing_requests {parsed.target_ongoing_requests} is above "
                     f"max_ongoing_requests {max_ongoing}: the deployment would never scale up"
                 )
+    return problems + app_problems(data)
+
+
+def app_problems(config: Mapping[str, Any]) -> list[str]:
+    """Our application's ``args`` and ``user_config`` values, through the app's own models."""
+    import pydantic
+
+    from deployments.config import FaceConfig, UpscalerConfig
+    from serve_app.app import AppArgs
+
+    user_configs: dict[str, type[pydantic.BaseModel]] = {
+        "Upscaler": UpscalerConfig,
+        "FaceRestorer": FaceConfig,
+    }
+    problems = []
+    for app in config.get("applications") or []:
+        if app.get("import_path") != APP_IMPORT_PATH:
+            continue
+        where = f"serveConfigV2: {app.get('name')}"
+        try:
+            AppArgs.model_validate(app.get("args") or {})
+        except pydantic.ValidationError as e:
+            problems.append(f"{where}.args: {_pydantic_errors(e)}")
+        for dep in app.get("deployments") or []:
+            model = user_configs.get(dep.get("name"))
+            if model is None or "user_config" not in dep:
+                continue
+            try:
+                model.model_validate(dep["user_config"])
+            except pydantic.ValidationError as e:
+                problems.append(f"{where}.{dep['name']}.user_config: {_pydantic_errors(e)}")
     return problems
 
 
@@ -351,7 +394,7 @@ def memory_problems(rayservice: Mapping[str, Any]) -> list[str]:
 
 
 def secret_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Secret-like env vars come from secretKeyRef only, and only from the documented Secret."""
+    """Secret-like env vars come from secretKeyRef only; every Secret key read exists."""
     problems = []
     secrets = {
         r["metadata"]["name"]: set(r.get("data") or {}) | set(r.get("stringData") or {})
@@ -359,8 +402,9 @@ def secret_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
         if r.get("kind") == "Secret"
     }
     for name, keys in secrets.items():
-        if name == SECRET_NAME and keys != SECRET_KEYS:
-            problems.append(f"Secret {name}: keys {sorted(keys)}, expected {sorted(SECRET_KEYS)}")
+        if name in SECRETS and keys != SECRETS[name]:
+            problems.append(f"Secret {name}: keys {sorted(keys)}, expected {sorted(SECRETS[name])}")
+    known = {**SECRETS, **secrets}
     for resource in resources:
         if resource.get("kind") == "ConfigMap":
             problems += [
@@ -376,14 +420,33 @@ def secret_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
                     if _SECRET_LIKE.search(str(env.get("name"))):
                         problems.append(f"{where}: inlined; use valueFrom.secretKeyRef")
                     continue
-                known = secrets.get(
-                    ref.get("name"), SECRET_KEYS if ref.get("name") == SECRET_NAME else set()
-                )
-                if ref.get("key") not in known:
+                if ref.get("key") not in known.get(ref.get("name"), set()):
                     problems.append(
                         f"{where}: no key {ref.get('key')!r} in Secret {ref.get('name')}"
                     )
+        for volume in _secret_volumes(resource):
+            name = volume.get("secretName")
+            if name not in known:
+                problems.append(f"{resource_id(resource)}: Secret {name} is not defined")
+                continue
+            problems += [
+                f"{resource_id(resource)}: no key {item.get('key')!r} in Secret {name}"
+                for item in volume.get("items") or []
+                if item.get("key") not in known[name]
+            ]
     return problems
+
+
+def _secret_volumes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "volumes" and isinstance(value, list):
+                yield from (v["secret"] for v in value if isinstance(v.get("secret"), dict))
+            else:
+                yield from _secret_volumes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _secret_volumes(item)
 
 
 def reference_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -450,18 +513,6 @@ def endpoint_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
-def image_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
-    problems = []
-    for resource in resources:
-        for container in _all_containers(resource):
-            image = str(container.get("image", ""))
-            if "@" not in image and ":" not in image.rsplit("/", 1)[-1]:
-                problems.append(
-                    f"{resource_id(resource)} {container.get('name')}: untagged {image}"
-                )
-    return problems
-
-
 # --- all together --------------------------------------------------------------------------------
 
 
@@ -490,7 +541,8 @@ def validate_resources(
     problems += secret_problems(resources)
     problems += reference_problems(resources)
     problems += endpoint_problems(resources)
-    problems += image_problems(resources)
+    problems += security_problems(resources)
+    problems += access_problems(resources)
     return problems
 
 

@@ -26,7 +26,8 @@ import yaml
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from k8s import ManifestError, generate, storage_jobs
+from k8s import ManifestError, access, generate, security, storage_jobs
+from k8s.access import S3_KEY_VARS
 from k8s.render import KUBECTL_DIST, Resource, kubectl_path, load_documents, render
 from k8s.validate import (
     CrdSchemas,
@@ -133,12 +134,18 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[Resource]]) 
     for overlay in OVERLAYS:
         assert _serve_config(rendered[overlay])["http_options"]["host"] == "0.0.0.0"
         assert {r["metadata"].get("namespace") for r in rendered[overlay]} == {"superres"}
-    # Production credentials are never committed: only the local overlay carries a Secret.
+    # Production credentials are never committed: only the local overlay carries Secrets, and
+    # neither overlay carries API keys (docs/kubernetes.md: `python -m serve_app keys create`).
     assert [r["kind"] for r in rendered["gpu"]].count("Secret") == 0
-    assert _one(rendered["cpu"], "Secret", "superres-s3")["stringData"].keys() == {
-        "access-key-id",
-        "secret-access-key",
-    }
+    for name in ("superres-s3", "superres-s3-app"):
+        assert _one(rendered["cpu"], "Secret", name)["stringData"].keys() == {
+            "access-key-id",
+            "secret-access-key",
+        }
+    assert [r["metadata"]["name"] for r in rendered["cpu"] if r["kind"] == "Secret"] == [
+        "superres-s3",
+        "superres-s3-app",
+    ]
 
 
 def test_generated_files_match_their_sources() -> None:
@@ -281,6 +288,36 @@ def test_serve_config_checks_catch_what_ray_ignores_or_rejects(
     assert "num_replicas" in wrong_type
 
 
+def test_serve_config_checks_use_the_apps_own_models(rendered: dict[str, list[Resource]]) -> None:
+    config = _serve_config(rendered["gpu"])
+
+    def problems_after(change: Callable[[dict[str, Any]], None]) -> list[str]:
+        broken = copy.deepcopy(config)
+        change(broken)
+        return serve_config_problems(yaml.safe_dump(broken))
+
+    (args,) = problems_after(lambda c: c["applications"][0]["args"].update(preload=["nope-x4"]))
+    assert args.startswith("serveConfigV2: superres.args: ")
+    assert "'nope-x4' is not an upscaling model" in args
+    assert problems_after(
+        lambda c: _deployment(c, "Upscaler")["user_config"].update(max_batch_size=0)
+    ) == [
+        "serveConfigV2: superres.Upscaler.user_config: max_batch_size: "
+        "Input should be greater than or equal to 1"
+    ]
+    assert problems_after(
+        lambda c: _deployment(c, "FaceRestorer")["user_config"].update(tile=9)
+    ) == ["serveConfigV2: superres.FaceRestorer.user_config: tile: Extra inputs are not permitted"]
+    # Another team's application on the same cluster is Ray's to check, not ours.
+    other = {
+        "name": "thumbs",
+        "route_prefix": "/thumbs",
+        "import_path": "thumbs:app",
+        "args": {"x": 1},
+    }
+    assert problems_after(lambda c: c["applications"].append(other)) == []
+
+
 def test_capacity_check_catches_replicas_without_room(rendered: dict[str, list[Resource]]) -> None:
     def with_upscaler(**options: Any) -> list[str]:
         def change(resources: list[Resource]) -> None:
@@ -341,7 +378,9 @@ def test_memory_and_secret_checks(rendered: dict[str, list[Resource]]) -> None:
 
     assert validate_resources(_broken(rendered, inline_secret), None) == [
         "ray.io/v1/RayService/superres ray-head SUPERRES_S3_SECRET_ACCESS_KEY: inlined; "
-        "use valueFrom.secretKeyRef"
+        "use valueFrom.secretKeyRef",
+        "ray.io/v1/RayService/superres head ray-head: SUPERRES_S3_SECRET_ACCESS_KEY must come "
+        "from the app user's Secret",
     ]
 
     def unknown_configmap(resources: list[Resource]) -> None:
@@ -371,6 +410,467 @@ def test_endpoint_checks(rendered: dict[str, list[Resource]]) -> None:
         "SUPERRES_WEIGHTS_MIRRORS must be http://minio:9000/superres-weights "
         "(endpoint + WEIGHTS_BUCKET)"
     ]
+
+
+# --- the hardening rules (k8s/security.py, k8s/access.py): each broken one is reported ---------
+
+HEAD = "ray.io/v1/RayService/superres head"
+WORKERS = "ray.io/v1/RayService/superres workers gpu-workers"
+SETUP = "batch/v1/Job/superres-storage-setup"
+MINIO = "apps/v1/StatefulSet/minio"
+POLICY = "networking.k8s.io/v1/NetworkPolicy/minio"
+KEYS_FILE = "SUPERRES_API_KEYS_FILE /etc/superres/api-keys/api-keys"
+Getter = Callable[[list[Resource]], dict[str, Any]]
+Change = Callable[[list[Resource]], None]
+
+
+def _pod(kind: str, name: str = "") -> Getter:
+    def get(resources: list[Resource]) -> dict[str, Any]:
+        if kind == "head":
+            spec: dict[str, Any] = _cluster(resources)["headGroupSpec"]["template"]["spec"]
+        elif kind == "workers":
+            spec = _cluster(resources)["workerGroupSpecs"][0]["template"]["spec"]
+        else:
+            spec = _one(resources, kind, name)["spec"]["template"]["spec"]
+        return spec
+
+    return get
+
+
+def _container(pod: Getter, name: str) -> Getter:
+    def get(resources: list[Resource]) -> dict[str, Any]:
+        spec = pod(resources)
+        (hit,) = [
+            c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name
+        ]
+        return hit
+
+    return get
+
+
+def _context(container: Getter) -> Getter:
+    return lambda rs: container(rs).setdefault("securityContext", {})
+
+
+def _key(parent: Getter, key: str) -> Getter:
+    return lambda rs: parent(rs)[key]
+
+
+def _update(where: Getter, **values: Any) -> Change:
+    return lambda rs: where(rs).update(values)
+
+
+def _pop(where: Getter, key: str) -> Change:
+    return lambda rs: where(rs).pop(key)
+
+
+def _unmount(container: Getter, volume: str) -> Change:
+    def change(resources: list[Resource]) -> None:
+        mounts = container(resources)["volumeMounts"]
+        mounts[:] = [m for m in mounts if m["name"] != volume]
+
+    return change
+
+
+def _mount(container: Getter, volume: str) -> Getter:
+    return lambda rs: next(m for m in container(rs)["volumeMounts"] if m["name"] == volume)
+
+
+def _volume(pod: Getter, name: str) -> Getter:
+    return lambda rs: next(v for v in pod(rs)["volumes"] if v["name"] == name)
+
+
+def _env_var(container: Getter, name: str) -> Getter:
+    return lambda rs: next(e for e in container(rs)["env"] if e["name"] == name)
+
+
+def _without_env(container: Getter, *names: str) -> Change:
+    def change(resources: list[Resource]) -> None:
+        env = container(resources)["env"]
+        env[:] = [e for e in env if e["name"] not in names]
+
+    return change
+
+
+def _from_secret(container: Getter, secret: str, *names: str) -> Change:
+    def change(resources: list[Resource]) -> None:
+        for name in names:
+            _env_var(container, name)(resources)["valueFrom"]["secretKeyRef"]["name"] = secret
+
+    return change
+
+
+def _all(*changes: Change) -> Change:
+    def change(resources: list[Resource]) -> None:
+        for one in changes:
+            one(resources)
+
+    return change
+
+
+def _drop_policy(resources: list[Resource]) -> None:
+    resources.remove(_one(resources, "NetworkPolicy"))
+
+
+def _console_service_port(resources: list[Resource]) -> None:
+    ports = _one(resources, "Service", "minio")["spec"]["ports"]
+    ports.append({"name": "console", "port": 9001, "targetPort": "console"})
+
+
+def _components(*values: str) -> Change:
+    def change(resources: list[Resource]) -> None:
+        selector = _one(resources, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]
+        selector["matchExpressions"][0]["values"] = list(values)
+
+    return change
+
+
+_HEAD_RAY = _container(_pod("head"), "ray-head")
+_WORKER_RAY = _container(_pod("workers"), "ray-worker")
+_SETUP_POD = _pod("Job", "superres-storage-setup")
+_MINIO_USER = _container(_SETUP_POD, "minio-user")
+_SETUP = _container(_SETUP_POD, "setup")
+_STAGE = _container(_pod("Job", "superres-stage-weights"), "stage-weights")
+_MINIO_POD = _pod("StatefulSet", "minio")
+_MINIO = _container(_MINIO_POD, "minio")
+
+
+def _AUTOSCALER(resources: list[Resource]) -> dict[str, Any]:
+    options: dict[str, Any] = _cluster(resources)["autoscalerOptions"]
+    return options
+
+
+def _RULE(i: int) -> Getter:
+    return lambda rs: _one(rs, "NetworkPolicy")["spec"]["ingress"][i]
+
+
+_TMP = "is not writable: mount an emptyDir there (the root filesystem is read-only)"
+_ROOT_KEY = (
+    "is the object store's root credential (Secret superres-s3); use the limited user's Secret"
+)
+_NO_USER = (
+    "no Job creates the S3 user of Secret superres-s3-app (a Job container reading it and the "
+    "root credentials)"
+)
+
+SECURITY_RULES: list[tuple[str, Change, list[str]]] = [
+    (
+        "non-root",
+        _update(_key(_MINIO_POD, "securityContext"), runAsNonRoot=False),
+        [f"{MINIO} minio: set runAsNonRoot: true"],
+    ),
+    (
+        "uid-0",
+        _update(_context(_STAGE), runAsUser=0),
+        ["batch/v1/Job/superres-stage-weights stage-weights: runAsUser 0 is root"],
+    ),
+    (
+        "privileged",
+        _update(_context(_SETUP), privileged=True),
+        [f"{SETUP} setup: must not be privileged"],
+    ),
+    (
+        "no-privilege-escalation",
+        _pop(_context(_WORKER_RAY), "allowPrivilegeEscalation"),
+        [f"{WORKERS} ray-worker: set allowPrivilegeEscalation: false"],
+    ),
+    (
+        "read-only-root",
+        _update(_context(_HEAD_RAY), readOnlyRootFilesystem=False),
+        [f"{HEAD} ray-head: set readOnlyRootFilesystem: true"],
+    ),
+    ("writable-tmp", _unmount(_MINIO_USER, "tmp"), [f"{SETUP} minio-user: /tmp {_TMP}"]),
+    (
+        "writable-weights-cache",
+        _unmount(_WORKER_RAY, "weights-cache"),
+        [f"{WORKERS} ray-worker: /cache/weights {_TMP}"],
+    ),
+    (
+        "drop-all-capabilities",
+        _update(_key(_context(_SETUP), "capabilities"), drop=["NET_RAW"]),
+        [f"{SETUP} setup: drop all capabilities (drop: [ALL]) and add none"],
+    ),
+    (
+        "add-no-capability",
+        _update(_key(_context(_MINIO), "capabilities"), add=["NET_ADMIN"]),
+        [f"{MINIO} minio: drop all capabilities (drop: [ALL]) and add none"],
+    ),
+    (
+        "seccomp",
+        _pop(_key(_pod("workers"), "securityContext"), "seccompProfile"),
+        [f"{WORKERS} ray-worker: set seccompProfile.type: RuntimeDefault"],
+    ),
+    (
+        "seccomp-unconfined",
+        _update(_context(_HEAD_RAY), seccompProfile={"type": "Unconfined"}),
+        [f"{HEAD} ray-head: set seccompProfile.type: RuntimeDefault"],
+    ),
+    (
+        "autoscaler-hardened",
+        _pop(_AUTOSCALER, "securityContext"),
+        [
+            f"{HEAD} autoscaler: set allowPrivilegeEscalation: false",
+            f"{HEAD} autoscaler: drop all capabilities (drop: [ALL]) and add none",
+            f"{HEAD} autoscaler: set readOnlyRootFilesystem: true",
+        ],
+    ),
+    ("autoscaler-tmp", _pop(_AUTOSCALER, "volumeMounts"), [f"{HEAD} autoscaler: /tmp {_TMP}"]),
+    (
+        "no-token-on-workers",
+        _pop(_pod("workers"), "automountServiceAccountToken"),
+        [
+            f"{WORKERS}: set automountServiceAccountToken: false (no container here calls the "
+            "Kubernetes API)"
+        ],
+    ),
+    (
+        "no-token-on-jobs",
+        _update(_SETUP_POD, automountServiceAccountToken=True),
+        [
+            f"{SETUP}: set automountServiceAccountToken: false (no container here calls the "
+            "Kubernetes API)"
+        ],
+    ),
+    (
+        "token-for-the-autoscaler",
+        _update(_pod("head"), automountServiceAccountToken=False),
+        [
+            f"{HEAD}: keep the service account token: KubeRay's autoscaler in this pod calls the "
+            "Kubernetes API"
+        ],
+    ),
+    (
+        "no-latest",
+        _update(_MINIO, image="quay.io/minio/minio:latest"),
+        [f"{MINIO} minio: quay.io/minio/minio:latest is not pinned"],
+    ),
+    (
+        "tagged",
+        _update(_MINIO_USER, image="quay.io/minio/mc"),
+        [f"{SETUP} minio-user: untagged quay.io/minio/mc"],
+    ),
+    (
+        "network-policy",
+        _drop_policy,
+        [f"{MINIO}: no NetworkPolicy limits who reaches the object store"],
+    ),
+    (
+        "s3-port-only",
+        _update(_RULE(0), ports=[{"port": 9000}, {"port": 9001}]),
+        [f"{POLICY} ingress[0]: opens port 9001; only the S3 port 9000 (keep the console private)"],
+    ),
+    (
+        "every-port",
+        _pop(_RULE(1), "ports"),
+        [f"{POLICY} ingress[1]: opens every port; open only the S3 port 9000"],
+    ),
+    ("every-source", _pop(_RULE(1), "from"), [f"{POLICY} ingress[1]: admits every source"]),
+    (
+        "every-namespace",
+        _update(_RULE(1), **{"from": [{"namespaceSelector": {}}]}),
+        [f"{POLICY} ingress[1]: admits every namespace"],
+    ),
+    (
+        "every-pod",
+        _update(_RULE(0), **{"from": [{"podSelector": {}}]}),
+        [f"{POLICY} ingress[0]: admits every pod of the namespace"],
+    ),
+    (
+        "ip-block",
+        _update(_RULE(1), **{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
+        [f"{POLICY} ingress[1]: admits an ipBlock; name pods or namespaces instead"],
+    ),
+    (
+        "s3-clients-only",
+        _components("ray-head", "ray-worker", "storage", "weights", "minio"),
+        [f"{POLICY} ingress[0]: admits {MINIO}, which is no S3 client"],
+    ),
+    (
+        "ray-pods-admitted",
+        _components("ray-head", "storage", "weights"),
+        [f"{WORKERS}: the NetworkPolicy keeps this Ray pod from the store"],
+    ),
+    (
+        "console-private",
+        _console_service_port,
+        [
+            "v1/Service/minio: exposes port console of the object store; only S3 (keep the console "
+            "private)"
+        ],
+    ),
+    (
+        "no-root-credentials",
+        _from_secret(_WORKER_RAY, "superres-s3", *S3_KEY_VARS),
+        [f"{WORKERS} ray-worker: {var} {_ROOT_KEY}" for var in S3_KEY_VARS],
+    ),
+    (
+        "limited-user-provisioned",
+        _without_env(_MINIO_USER, "APP_ACCESS_KEY_ID", "APP_SECRET_ACCESS_KEY"),
+        [f"{HEAD} ray-head: {_NO_USER}", f"{WORKERS} ray-worker: {_NO_USER}"],
+    ),
+    (
+        "api-keys-on",
+        _without_env(_WORKER_RAY, "SUPERRES_API_KEYS_FILE"),
+        [f"{WORKERS} ray-worker: set SUPERRES_API_KEYS_FILE: without it the API needs no key"],
+    ),
+    (
+        "api-keys-mounted",
+        _unmount(_HEAD_RAY, "api-keys"),
+        [f"{HEAD} ray-head: {KEYS_FILE}: no volume is mounted there"],
+    ),
+    (
+        "api-keys-read-only",
+        _update(_mount(_HEAD_RAY, "api-keys"), readOnly=False),
+        [f"{HEAD} ray-head: {KEYS_FILE}: mount the Secret readOnly: true"],
+    ),
+    (
+        "api-keys-not-subpath",
+        _update(_mount(_WORKER_RAY, "api-keys"), subPath="api-keys"),
+        [
+            f"{WORKERS} ray-worker: {KEYS_FILE}: mount the Secret folder, not a subPath (a rotated "
+            "key would never arrive)"
+        ],
+    ),
+    (
+        "api-keys-required",
+        _update(_key(_volume(_pod("workers"), "api-keys"), "secret"), optional=True),
+        [
+            f"{WORKERS} ray-worker: {KEYS_FILE}: the Secret must not be optional (without it the "
+            "API would be open)"
+        ],
+    ),
+    (
+        "api-keys-from-a-secret",
+        _update(_volume(_pod("head"), "api-keys"), secret=None, emptyDir={}),
+        [f"{HEAD} ray-head: {KEYS_FILE}: is not in a Secret volume"],
+    ),
+    (
+        "api-keys-file-exists",
+        _update(
+            _key(_volume(_pod("head"), "api-keys"), "secret"),
+            items=[{"key": "api-keys", "path": "keys"}],
+        ),
+        [f"{HEAD} ray-head: {KEYS_FILE}: Secret superres-api-keys puts no file api-keys there"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [pytest.param(change, expected, id=rule) for rule, change, expected in SECURITY_RULES],
+)
+def test_hardening_rule_is_enforced(
+    rendered: dict[str, list[Resource]], change: Change, expected: list[str]
+) -> None:
+    assert validate_resources(rendered["gpu"], None) == []
+    assert validate_resources(_broken(rendered, change), None) == expected
+
+
+def test_hardening_rules_hold_in_both_overlays(rendered: dict[str, list[Resource]]) -> None:
+    for overlay in OVERLAYS:
+        assert security.security_problems(rendered[overlay]) == []
+        assert access.access_problems(rendered[overlay]) == []
+        pods = list(security.pods(rendered[overlay]))
+        # Every pod template of the overlay is covered, KubeRay's autoscaler container included.
+        assert sorted(p.where.split("/")[-1] for p in pods) == [
+            "minio",
+            "superres head",
+            f"superres workers {'gpu-workers' if overlay == 'gpu' else 'workers'}",
+            "superres-stage-weights",
+            "superres-storage-setup",
+        ]
+        head = next(p for p in pods if p.kind == "ray-head")
+        assert [c["name"] for c in head.containers] == ["ray-head", "autoscaler"]
+        store = access.object_store(rendered[overlay])
+        assert store is not None
+        assert ([p.where for p in store.pods], store.port) == ([MINIO], 9000)
+
+
+def test_secret_volumes_must_name_a_known_secret(rendered: dict[str, list[Resource]]) -> None:
+    change = _update(_key(_volume(_pod("head"), "api-keys"), "secret"), secretName="api-keys")
+    assert validate_resources(_broken(rendered, change), None) == [
+        "ray.io/v1/RayService/superres: Secret api-keys is not defined"
+    ]
+    change = _update(
+        _key(_volume(_pod("head"), "api-keys"), "secret"),
+        items=[{"key": "keys", "path": "api-keys"}],
+    )
+    assert validate_resources(_broken(rendered, change), None) == [
+        "ray.io/v1/RayService/superres: no key 'keys' in Secret superres-api-keys"
+    ]
+
+
+def _fake_mc(folder: Path) -> Path:
+    """An `mc` that logs its arguments, keeps the policy file and remembers an attachment."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    script = f"""#!/bin/sh
+echo "$*" >> {folder}/mc.log
+case "$1 $2 $3" in
+"admin info "*) [ -z "$MC_DOWN" ] ;;
+"admin policy create") cp "$6" {folder}/policy.json ;;
+"admin user info") [ -f {folder}/attached ] && echo "PolicyName: superres-results" || true ;;
+"admin policy attach") touch {folder}/attached ;;
+esac
+"""
+    (bin_dir / "mc").write_text(script)
+    (bin_dir / "mc").chmod(0o755)
+    return bin_dir
+
+
+def test_minio_user_script_makes_a_user_limited_to_the_results(tmp_path: Path) -> None:
+    env = {
+        "PATH": f"{_fake_mc(tmp_path)}:/usr/bin:/bin",
+        "TMPDIR": str(tmp_path),
+        "SUPERRES_S3_ENDPOINT_URL": "http://minio:9000",
+        "SUPERRES_S3_BUCKET": "superres-results",
+        "SUPERRES_S3_PREFIX": "results/",
+        "MINIO_ROOT_USER": "root",
+        "MINIO_ROOT_PASSWORD": "root-secret",
+        "APP_ACCESS_KEY_ID": "app",
+        "APP_SECRET_ACCESS_KEY": "app-secret",
+    }
+
+    def run(**changes: str) -> subprocess.CompletedProcess[str]:
+        script = str(REPO / generate.MINIO_USER_SCRIPT)
+        return subprocess.run(
+            ["/bin/sh", script], env={**env, **changes}, capture_output=True, text=True, timeout=60
+        )
+
+    for _ in range(2):  # the second run changes nothing but the user's secret key
+        done = run()
+        assert done.returncode == 0, done.stderr
+    policy_file = f"{tmp_path}/mc/superres-results.json"
+    once = [
+        "alias set superres http://minio:9000 root root-secret",
+        "admin info superres",
+        f"admin policy create superres superres-results {policy_file}",
+        "admin user add superres app app-secret",
+        "admin user info superres app",
+    ]
+    log = (tmp_path / "mc.log").read_text().splitlines()
+    assert log == [*once, "admin policy attach superres superres-results --user app", *once]
+    assert json.loads((tmp_path / "policy.json").read_text())["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetBucketLocation", "s3:ListBucket"],
+            "Resource": ["arn:aws:s3:::superres-results"],
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject"],
+            "Resource": ["arn:aws:s3:::superres-results/results/*"],
+        },
+    ]
+    refused = run(APP_ACCESS_KEY_ID="root")
+    assert refused.returncode == 2
+    assert "the app's access key is MinIO's root user" in refused.stderr
+    down = run(MC_DOWN="1", WAIT_S="0")
+    assert down.returncode == 2
+    assert "MinIO at http://minio:9000 unreachable after 0 s" in down.stderr
+    missing = run(APP_SECRET_ACCESS_KEY="")
+    assert missing.returncode != 0
+    assert "APP_SECRET_ACCESS_KEY" in missing.stderr
 
 
 def test_parse_quantity() -> None:
@@ -572,8 +1072,21 @@ def test_kustomize_errors_fail_the_render(tmp_path: Path) -> None:
 # --- the image ------------------------------------------------------------------------------------
 
 
-def test_dockerfile_builds_on_the_matching_ray_image_and_starts_nothing() -> None:
+def test_dockerfile_builds_on_the_matching_ray_image_and_starts_nothing(
+    rendered: dict[str, list[Resource]],
+) -> None:
     text = (REPO / "Dockerfile").read_text()
+    # The image runs as a non-root user, by number (runAsNonRoot cannot check a name), the one the
+    # Ray pods run as.
+    users = re.findall(r"^USER (\d+):(\d+)$", text, re.MULTILINE)
+    assert users and users[-1][0] != "0"
+    assert re.findall(r"^USER ", text, re.MULTILINE) == ["USER "], "USER once, at the end"
+    assert text.rstrip().endswith(f"USER {users[-1][0]}:{users[-1][1]}")
+    for overlay in OVERLAYS:
+        for pod in security.pods(rendered[overlay]):
+            if pod.is_ray:
+                context = pod.spec["securityContext"]
+                assert (context["runAsUser"], context["runAsGroup"]) == tuple(map(int, users[-1]))
     (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)$", text, re.MULTILINE)
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
     assert base == f"rayproject/ray:{ray.__version__}-{py}-gpu"
