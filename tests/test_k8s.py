@@ -412,7 +412,7 @@ def test_endpoint_checks(rendered: dict[str, list[Resource]]) -> None:
     ]
 
 
-# --- the hardening rules (k8s/security.py, k8s/access.py): each broken one is reported ---------
+# --- the hardening rules (k8s/security.py, k8s/access.py): each broken one is reported --------
 
 HEAD = "ray.io/v1/RayService/superres head"
 WORKERS = "ray.io/v1/RayService/superres workers gpu-workers"
