@@ -274,7 +274,7 @@ def user_model_spec(
         scale=scale,
         license=license,
         supports_fp16=supports_fp16,
-        description=f"User model from {source}",
+        description="A community model, loaded with spandrel.",
         weights=WeightsSource(
             filename=f"{sha256[:12]}-{filename}",
             sha256=sha256.lower(),

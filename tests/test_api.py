@@ -245,3 +245,119 @@ def test_another_ray_driver_calls_the_app_through_a_handle(serve_app) -> None:
     assert (width, height, fmt) == ("24", "20", "webp")
     assert fetch(url).size == (24, 20)
     assert lines["ERROR"]  # a domain error crosses the handle as an exception
+
+
+CROSS_ROUTE = [
+    ("/v1/upscale", {"max_faces": 3}, "max_faces"),
+    ("/v1/upscale", {"background_model": "none"}, "background_model"),
+    ("/v1/face-enhance", {"denoise": 0.5}, "denoise"),
+    ("/v1/face-enhance", {"model": "tiny-x4"}, "model"),
+    ("/v1/upscale", {"sclae": 2}, "sclae"),
+]
+
+
+@pytest.mark.parametrize(("route", "params", "name"), CROSS_ROUTE)
+def test_each_route_refuses_parameters_not_its_own(serve_app, route, params, name) -> None:
+    with serve_app.client() as client:
+        r = client.post(route, params=params, content=encode(noise(8, 8)))
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error"), r.text
+        assert name in r.json()["error"]["message"]
+        # the same as a form field
+        form = {k: str(v) for k, v in params.items()}
+        r = client.post(route, data=form, files={"file": ("in", encode(noise(8, 8)))})
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error"), r.text
+        assert name in r.json()["error"]["message"]
+
+
+def test_options_as_form_fields(serve_app) -> None:
+    with serve_app.client() as client:
+        r = client.post(
+            "/v1/upscale",
+            data={"scale": "2", "format": "webp"},
+            files={"file": ("in", encode(noise(8, 8)))},
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["width"], r.json()["format"]) == (16, "webp")
+        r = client.post(
+            "/v1/upscale",
+            params={"scale": 2},
+            data={"scale": "3"},
+            files={"file": ("in", encode(noise(8, 8)))},
+        )
+        assert r.status_code == 422 and "scale" in r.json()["error"]["message"]
+
+
+def test_openapi_shows_each_routes_own_options_and_the_upload(serve_app) -> None:
+    from models.options import FaceEnhanceOptions, UpscaleOptions
+
+    with serve_app.client() as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    for route, options in (
+        ("/v1/upscale", UpscaleOptions),
+        ("/v1/face-enhance", FaceEnhanceOptions),
+    ):
+        operation = paths[route]["post"]
+        assert {p["name"] for p in operation["parameters"]} == set(options.model_fields)
+        content = operation["requestBody"]["content"]
+        assert content["multipart/form-data"]["schema"]["required"] == ["file"]
+        assert set(content["multipart/form-data"]["schema"]["properties"]) == {
+            "file",
+            *options.model_fields,
+        }
+        assert content["application/octet-stream"]["schema"]["format"] == "binary"
+    scale = next(p for p in paths["/v1/upscale"]["post"]["parameters"] if p["name"] == "scale")
+    assert scale["schema"]["anyOf"][0] == {"type": "number", "minimum": 1.0, "maximum": 8.0}
+
+
+MALFORMED_MULTIPART = [
+    ("no-boundary", {"content-type": "multipart/form-data"}, b"--x\r\n"),
+    (
+        "two-files",
+        {"content-type": "multipart/form-data; boundary=B"},
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nA\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="b"\r\n\r\nB\r\n--B--\r\n',
+    ),
+    (
+        "too-many-fields",
+        {"content-type": "multipart/form-data; boundary=B"},
+        b"".join(
+            f'--B\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n1\r\n'.encode()
+            for i in range(30)
+        )
+        + b"--B--\r\n",
+    ),
+    ("no-file", {"content-type": "multipart/form-data; boundary=B"}, b"--B--\r\n"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "headers", "body"), MALFORMED_MULTIPART, ids=[m[0] for m in MALFORMED_MULTIPART]
+)
+def test_malformed_multipart_is_a_400(serve_app, name, headers, body) -> None:
+    with serve_app.client() as client:
+        r = client.post("/v1/upscale", headers=headers, content=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] in ("malformed_multipart", "missing_file")
+
+
+def test_405_names_the_allowed_methods(serve_app) -> None:
+    with serve_app.client() as client:
+        r = client.get("/v1/upscale")
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_errors_carry_no_endpoints_or_bucket_names(serve_app) -> None:
+    data = encode(noise(8, 8))
+    settings = serve_app.settings
+    secrets = [settings.s3_endpoint_url, settings.s3_bucket, str(settings.weights_dir), "http"]
+    with serve_app.client() as client:
+        with s3_down(serve_app.s3):
+            bodies = [upscale(client, data).text, client.get("/readyz").text]
+        bodies.append(upscale(client, data, model="realesr-general-x4v3").text)
+        bodies.append(client.get("/v1/models").text)
+    for body in bodies:
+        assert "unavailable" in body
+        for secret in secrets:
+            assert secret
+            assert secret not in body

@@ -22,6 +22,7 @@ from spandrel.architectures.GFPGAN import GFPGAN
 
 from models.face.restore import GFPGAN_V14_CONFIG
 from models.face.types import DetectedFace
+from tests.conftest import TEST_LIMITS
 from tests.test_face_pipeline import ASTRONAUT_BOX, ASTRONAUT_LANDMARKS
 
 pytestmark = pytest.mark.serve
@@ -82,6 +83,7 @@ def face_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[str]:
         preload=["tiny-x4"],
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_weights={"gfpgan-v1.4": {"path": str(path), "sha256": sha}},
+        limits=TEST_LIMITS,
     )
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     app = build(args, serve_app.settings, face_detector=AstronautDetector())
@@ -123,3 +125,33 @@ def test_faces_restored_over_the_upscaled_background_and_never_swapped(face_app)
         background = result_pixels(r.json())
     assert np.abs(a[0][face] - background[face]).mean() > 5
     assert np.abs(a[0][corner] - background[corner]).max() <= 1
+
+
+def test_the_handle_api_honours_face_enhance(face_app) -> None:
+    from ray import serve
+
+    handle = serve.get_app_handle("faces-test")
+    result = handle.upscale.remote(astronaut(0), face_enhance=True, scale=1).result()
+    assert (result.width, result.height, result.model) == (256, 256, "gfpgan-v1.4+tiny-x4")
+    assert result.faces and len(result.faces) == 1
+
+
+def test_face_output_cap_without_a_background_model(face_app) -> None:
+    # Under the 20 MP output cap of TEST_LIMITS: 256x256 at scale 8; over it: 1100x900 at scale 5.
+    r = httpx.post(
+        f"{face_app}/v1/face-enhance",
+        content=astronaut(0),
+        params={"background_model": "none", "scale": 8},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    big = np.zeros((1100, 900, 3), np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(big).save(buf, "PNG")
+    r = httpx.post(
+        f"{face_app}/v1/face-enhance",
+        content=buf.getvalue(),
+        params={"background_model": "none", "scale": 5},
+        timeout=60,
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "too_large")

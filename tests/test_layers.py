@@ -1,0 +1,72 @@
+"""The structure the code promises: imports point one way, the Ingress stays light, modules stay short."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = ("models", "deployments", "serve_app")  # each may import only those before it
+HEAVY = ("torch", "spandrel", "cv2", "torchvision")
+MAX_LINES = 300
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def upward_imports(root: Path) -> list[str]:
+    found = []
+    for rank, layer in enumerate(LAYERS):
+        above = set(LAYERS[rank + 1 :]) | {"devtools"}
+        for path in sorted((root / layer).rglob("*.py")):
+            for name in sorted(_imports(path) & above):
+                found.append(f"{path.relative_to(root)} imports {name}")
+    return found
+
+
+def test_layers_import_only_downward() -> None:
+    assert upward_imports(REPO) == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    for layer in LAYERS:
+        (tmp_path / layer).mkdir()
+    (tmp_path / "models" / "bad.py").write_text("from serve_app.settings import Settings\n")
+    (tmp_path / "deployments" / "worse.py").write_text("import devtools.run\n")
+    assert upward_imports(tmp_path) == [
+        "models/bad.py imports serve_app",
+        "deployments/worse.py imports devtools",
+    ]
+
+
+def test_the_ingress_loads_no_torch_spandrel_or_opencv() -> None:
+    code = (
+        "import sys, serve_app.ingress, serve_app.upload, serve_app.errors\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("layer", ["serve_app", "deployments"])
+def test_service_modules_are_short(layer: str) -> None:
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in sorted((REPO / layer).glob("*.py"))
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
