@@ -35,12 +35,19 @@ def test_a_typo_in_args_fails_with_a_message_naming_it() -> None:
 
 
 def test_serve_can_call_the_builder_with_the_config_args() -> None:
-    """What `serve run configs/serve_config.yaml` does first, without starting Ray."""
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
-    from ray.serve.deployment import Application
+    """What `serve run configs/serve_config.yaml` does first, without starting Ray: Serve calls a
+    builder of exactly one parameter, parsing ``args`` with that parameter's pydantic model."""
+    import inspect
+    import typing
+
+    from pydantic import BaseModel
+    from ray.serve import Application
 
     from serve_app.app import build_app
 
+    (param,) = inspect.signature(build_app).parameters.values()
+    model = typing.get_type_hints(build_app)[param.name]
+    assert issubclass(model, BaseModel)
     config = yaml.safe_load((CONFIGS / "serve_config.yaml").read_text())
-    app = call_user_app_builder_with_args_if_necessary(build_app, config["applications"][0]["args"])
+    app = build_app(model.model_validate(config["applications"][0]["args"]))
     assert isinstance(app, Application)
