@@ -20,8 +20,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from deployments.quota import QuotaLimits
-from serve_app.auth import DEFAULT_LIMITS, KeyFileError, KeyNameError, create_key, read_keys
-from serve_app.auth import revoke_key as revoke_key_in_file
+from serve_app.keys import DEFAULT_LIMITS, KeyFileError, KeyNameError, create_key, read_keys
+from serve_app.keys import revoke_key as revoke_key_in_file
 
 ENV_FILE = "SUPERRES_API_KEYS_FILE"
 

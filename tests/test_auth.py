@@ -23,15 +23,13 @@ from fastapi.responses import JSONResponse
 
 from deployments.quota import QuotaLimits
 from serve_app import auth
-from serve_app.auth import (
+from serve_app.auth import KeyRing, Unauthorized, key_dependency
+from serve_app.keys import (
     ANONYMOUS,
     KeyFileError,
     KeyNameError,
-    KeyRing,
     Principal,
-    Unauthorized,
     create_key,
-    key_dependency,
     read_keys,
     revoke_key,
 )
