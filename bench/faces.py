@@ -55,7 +55,8 @@ STAGES = {
     "detect_s": "detect",
     "restore_s": "restore",
     "background_wait_s": "background",
-    "paste_encode_s": "paste+encode",
+    "paste_s": "paste",
+    "encode_s": "encode",
 }
 
 

@@ -124,21 +124,8 @@ async def upscale_bytes(
     image = await asyncio.to_thread(decode_pixels, data, header)
     decoded = time.perf_counter()
     result = await runner.run(image, chosen.outscale)
-    inferred = time.perf_counter()
-    encoded = await asyncio.to_thread(encode_image, result, chosen.format, chosen.quality)
-    done = time.perf_counter()
-    return EncodedImage(
-        data=encoded,
-        content_type=content_type(chosen.format),
-        format=chosen.format,
-        width=result.width,
-        height=result.height,
-        model=_model_name(options),
-        scale=chosen.outscale,
-        timings=_timings(
-            decode_s=decoded - started, upscale_s=inferred - decoded, encode_s=done - inferred
-        ),
-    )
+    timings = {"decode_s": decoded - started, "upscale_s": time.perf_counter() - decoded}
+    return await encode(result, chosen, model=_model_name(options), timings=timings)
 
 
 async def face_enhance_bytes(
@@ -183,25 +170,45 @@ async def face_enhance_bytes(
         paste_faces, upscaled.color, job, restored, weight=options.weight
     )
     result = upscaled.with_pixels(color, upscaled.alpha)
-    encoded = await asyncio.to_thread(encode_image, result, chosen.format, chosen.quality)
-    done = time.perf_counter()
+    timings = {
+        "decode_s": t0 - started,
+        "detect_s": t1 - t0,
+        "restore_s": t2 - t1,
+        "background_wait_s": t3 - t2,
+        "paste_s": time.perf_counter() - t3,
+    }
     faces = job.output_faces(result.height, result.width)
+    return await encode(
+        result,
+        chosen,
+        model=f"gfpgan-v1.4+{options.background_model or 'none'}",
+        timings=timings,
+        faces=tuple(FaceBox(box=f.box, score=f.score) for f in faces),
+    )
+
+
+async def encode(
+    result: Image,
+    chosen: Plan,
+    *,
+    model: str,
+    timings: dict[str, float],
+    faces: tuple[FaceBox, ...] | None = None,
+) -> EncodedImage:
+    """Encode ``result`` as planned; ``encode_s`` joins the stage ``timings`` (seconds)."""
+    started = time.perf_counter()
+    data = await asyncio.to_thread(encode_image, result, chosen.format, chosen.quality)
+    timings = {**timings, "encode_s": time.perf_counter() - started}
     return EncodedImage(
-        data=encoded,
+        data=data,
         content_type=content_type(chosen.format),
         format=chosen.format,
         width=result.width,
         height=result.height,
-        model=f"gfpgan-v1.4+{options.background_model or 'none'}",
+        model=model,
         scale=chosen.outscale,
-        timings=_timings(
-            decode_s=t0 - started,
-            detect_s=t1 - t0,
-            restore_s=t2 - t1,
-            background_wait_s=t3 - t2,
-            paste_encode_s=done - t3,
-        ),
-        faces=tuple(FaceBox(box=f.box, score=f.score) for f in faces),
+        timings={name: round(value, 4) for name, value in timings.items()},
+        faces=faces,
     )
 
 
@@ -220,7 +227,3 @@ def _model_name(options: UpscaleOptions) -> str:
     if options.model is None:
         raise InvalidOptionError("the model must be named by the time a request runs")
     return options.model
-
-
-def _timings(**seconds: float) -> dict[str, float]:
-    return {name: round(value, 4) for name, value in seconds.items()}
