@@ -509,13 +509,16 @@ def bench(plan: Plan) -> None:
     import httpx
     import torch
 
-    from models.tiling import TileConfig, TiledJob
+    from models.canvas import TiledJob
+    from models.tiling import TileConfig
 
     torch.set_num_threads(plan.threads)
     images = make_images(plan.images, plan.image_size)
     pixels = plan.image_size**2
     config = TileConfig(plan.tile, plan.tile_pad, plan.tile_blend)
-    tiles_per_image = len(TiledJob(np.zeros((plan.image_size,) * 2 + (3,)), 4, config).tiles)
+    tiles_per_image = len(
+        TiledJob(torch.zeros((3, plan.image_size, plan.image_size)), 4, config).tiles
+    )
     started = time.perf_counter()
     with running_stack(plan) as stack:
         progress(f"ready after {time.perf_counter() - started:.0f} s")

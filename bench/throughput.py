@@ -141,7 +141,7 @@ def variants_for(
             ncnn_run(NcnnUpscaler(param, bin_path, fp16=False, threads=args.threads), image),
             peer=True,
         ),
-        Variant(f"ours (auto: {served.precision})", lambda: served.forward(batch)),
+        Variant(f"ours (auto: {served.precision})", lambda: served.forward_numpy(batch)),
         Variant("torch fp32 eager, channels_last", module_run(eager, batch)),
         Variant(
             "torch fp32 eager, NCHW",
@@ -156,12 +156,14 @@ def variants_for(
     stack = np.concatenate([nchw(crop(size, 37 * i)) for i in range(BATCH)])
     out.append(
         Variant(
-            f"ours (auto), {BATCH} tiles per forward", lambda: served.forward(stack), images=BATCH
+            f"ours (auto), {BATCH} tiles per forward",
+            lambda: served.forward_numpy(stack),
+            images=BATCH,
         )
     )
     if size <= 128 and (args.bf16 == "force" or (args.bf16 == "auto" and cpu_has_fast_bf16())):
         bf16 = load_upscaler(spec, weights, precision="bf16")
-        out.append(Variant("torch bf16 autocast, channels_last", lambda: bf16.forward(batch)))
+        out.append(Variant("torch bf16 autocast, channels_last", lambda: bf16.forward_numpy(batch)))
     elif size <= 128:
         skipped.append(
             "torch bf16 autocast: skipped, this CPU has no native bf16 (oneDNN emulates it, "

@@ -29,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.canvas import TiledJob
 from models.errors import InvalidOptionError
 from models.ncnn_import import convert_ncnn, package_model_files
 from models.registry import BUILTIN_SPECS
-from models.tiling import DEFAULT_TILE, TileConfig, TiledJob, window_starts
+from models.tiling import DEFAULT_TILE, TileConfig, window_starts
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -99,10 +100,10 @@ def reference_overhead(length: int, tile: int, pad: int) -> float:
 def ours(
     plane: np.ndarray, forward: Forward, scale: int, config: TileConfig
 ) -> tuple[np.ndarray, TiledJob]:
-    job = TiledJob(plane, scale, config)
+    job = TiledJob(torch.from_numpy(np.ascontiguousarray(plane.transpose(2, 0, 1))), scale, config)
     for index, tile in enumerate(job.tiles):
-        job.put(index, forward(tile[None])[0])
-    return job.result(), job
+        job.put(index, torch.from_numpy(forward(tile[None].numpy())[0]))
+    return job.result().permute(1, 2, 0).numpy(), job
 
 
 def least_context(length: int, config: TileConfig) -> float:

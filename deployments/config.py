@@ -6,6 +6,8 @@ with a pydantic message that names the field, not with a stack trace from deep i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.registry import ModelSpec, Registry, WeightsSource, user_model_spec
@@ -82,17 +84,31 @@ class UpscalerConfig(BaseModel):
 
     max_batch_size: int = Field(default=4, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=5)
-    tile: int = 256
-    tile_pad: int = 32
-    tile_blend: int = 16
+    # "auto": per model and image, the largest tile (up to the whole image) whose forward pass
+    # fits memory_budget_mb; an integer fixes the tile. Pad and blend follow the tile unless set.
+    tile: int | Literal["auto"] = "auto"
+    tile_pad: int | None = None
+    tile_blend: int | None = None
+    # Activations of one forward pass plus the output canvas; default: 60% of the GPU's free
+    # memory at start, or a quarter of the host's memory (at most 4 GiB) on the CPU.
+    memory_budget_mb: int | None = Field(default=None, ge=64)
+    png_compress_level: int = Field(default=1, ge=0, le=9)  # zlib: 1 is ~4x faster than 6
 
     @model_validator(mode="after")
     def _tile_is_valid(self) -> UpscalerConfig:
+        if self.tile == "auto" and (self.tile_pad, self.tile_blend) != (None, None):
+            raise ValueError("tile_pad and tile_blend need a fixed tile")
         self.tiling()  # raises InvalidOptionError (a ValueError) with the reason
         return self
 
-    def tiling(self) -> TileConfig:
-        return TileConfig(tile=self.tile, pad=self.tile_pad, blend=self.tile_blend)
+    def tiling(self) -> TileConfig | None:
+        """The fixed tiling, or None for "auto"."""
+        if self.tile == "auto":
+            return None
+        return TileConfig.for_tile(self.tile, pad=self.tile_pad, blend=self.tile_blend)
+
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget_mb is None else self.memory_budget_mb << 20
 
 
 class FaceConfig(BaseModel):

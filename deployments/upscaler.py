@@ -18,7 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import ray
+import torch
 from ray import serve
 from ray.serve import metrics
 
@@ -26,16 +27,16 @@ from deployments.config import CustomModel, UpscalerConfig, build_registry
 from models import pipeline
 from models.errors import InvalidOptionError, ModelError, UnknownModelError, public_reason
 from models.image import Image
-from models.inference import upscale_image_async
+from models.inference import Placement, upscale_image_async
 from models.limits import Limits
 from models.loading import Upscaler as Network
-from models.loading import pick_device
+from models.loading import memory_budget, pick_device
 from models.options import UpscaleOptions
 from models.provider import LoadedModel, ModelProvider
 from models.registry import variant_id
 from models.results import EncodedImage
 from models.settings import Settings
-from models.tiling import TileConfig
+from models.tiling import tile_for_budget, tiles_per_pass
 
 log = logging.getLogger("ray.serve")
 
@@ -43,7 +44,7 @@ log = logging.getLogger("ray.serve")
 @dataclass(frozen=True)
 class _TileRequest:
     network: Network
-    tile: np.ndarray
+    tile: torch.Tensor
 
 
 @serve.deployment(name="Upscaler", max_ongoing_requests=8, health_check_period_s=30)
@@ -64,7 +65,12 @@ class Upscaler:
             device=pick_device(settings.device),
             precision=precision,
         )
-        self._tiling = TileConfig()
+        self._device = self._provider.device
+        if self._device.type == "cpu":  # torch's threads follow the CPUs Ray gave this replica
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            torch.set_num_threads(max(1, int(cpus)))
+        self._config = UpscalerConfig()
+        self._budget = memory_budget(self._device)
         self._load_errors: dict[str, str] = {}
         # What the multiplexed LRU holds: an entry goes when Serve evicts (and drops) the model.
         self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
@@ -82,7 +88,8 @@ class Upscaler:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = UpscalerConfig.model_validate(user_config)
-        self._tiling = config.tiling()
+        self._config = config
+        self._budget = config.memory_budget_bytes() or memory_budget(self._device)
         self.forward_tiles.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
         self.forward_tiles.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
             config.batch_wait_timeout_s
@@ -101,26 +108,36 @@ class Upscaler:
         return loaded
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def forward_tiles(self, requests: list[_TileRequest]) -> list[np.ndarray]:
+    async def forward_tiles(self, requests: list[_TileRequest]) -> list[torch.Tensor]:
+        """Tiles of concurrent requests grouped by (network, shape), each group in as few forward
+        passes as the memory budget allows."""
         groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault((id(request.network), request.tile.shape), []).append(i)
-        outputs: list[np.ndarray] = [np.empty(0)] * len(requests)
-        for indices in groups.values():
-            network = requests[indices[0]].network
-            batch = np.stack([requests[i].tile for i in indices])
-            result = await asyncio.to_thread(network.forward, batch)
-            for i, out in zip(indices, result, strict=True):
-                outputs[i] = out
-            self._batches[len(indices)] += 1
-            self._tiles_per_batch.observe(len(indices))
+            groups.setdefault((id(request.network), tuple(request.tile.shape)), []).append(i)
+        outputs: list[torch.Tensor] = [torch.empty(0)] * len(requests)
+        for (_, shape), members in groups.items():
+            network = requests[members[0]].network
+            per_pass = tiles_per_pass(shape, network.bytes_per_pixel, self._budget // 2)
+            for first in range(0, len(members), per_pass):
+                indices = members[first : first + per_pass]
+                batch = torch.stack([requests[i].tile for i in indices])
+                result = await asyncio.to_thread(network.forward, batch)
+                for i, out in zip(indices, result, strict=True):
+                    outputs[i] = out
+                self._batches[len(indices)] += 1
+                self._tiles_per_batch.observe(len(indices))
         return outputs
 
     async def upscale(self, data: bytes, options: UpscaleOptions, limits: Limits) -> EncodedImage:
         """Encoded bytes in, encoded bytes out: the path of the HTTP API."""
         known_scale, load = self._model(options)
         return await pipeline.upscale_bytes(
-            data, options, limits, known_scale=known_scale, load=load
+            data,
+            options,
+            limits,
+            known_scale=known_scale,
+            load=load,
+            png_level=self._config.png_compress_level,
         )
 
     async def upscale_image(self, image: Image, options: UpscaleOptions, limits: Limits) -> Image:
@@ -144,17 +161,30 @@ class Upscaler:
             raise InvalidOptionError(
                 f"the request was routed for model {routed!r} but its options ask for {model_id!r}"
             )
-        tiling = self._tiling  # one consistent config per request, even if reconfigured meanwhile
+        config, budget = self._config, self._budget  # one per request, even if reconfigured
 
         async def load() -> pipeline.Runner:
             network = (await self.get_model(model_id)).upscaler
+            placement = Placement(network.device, canvas_budget_bytes=budget // 2)
 
-            async def forward(tile: np.ndarray) -> np.ndarray:
+            async def forward(tile: torch.Tensor) -> torch.Tensor:
                 return await self.forward_tiles(_TileRequest(network, tile))
 
             async def run(image: Image, outscale: float) -> Image:
+                tile = config.tiling() or tile_for_budget(
+                    image.height,
+                    image.width,
+                    bytes_per_pixel=network.bytes_per_pixel,
+                    budget_bytes=budget // 2,
+                    batch=1 if network.device.type == "cpu" else config.max_batch_size,
+                )
                 return await upscale_image_async(
-                    image, forward, scale=network.scale, outscale=outscale, tile=tiling
+                    image,
+                    forward,
+                    scale=network.scale,
+                    outscale=outscale,
+                    tile=tile,
+                    placement=placement,
                 )
 
             return pipeline.Runner(network.scale, run)
@@ -198,7 +228,7 @@ class Upscaler:
     async def check_health(self) -> None:
         """Fails when a loaded model cannot run a forward pass (a broken device, say)."""
         for loaded in list(self._loaded.values())[:1]:
-            probe = np.zeros((1, 3, 16, 16), dtype=np.float32)
+            probe = torch.zeros((1, 3, 16, 16))
             out = await asyncio.to_thread(loaded.upscaler.forward, probe)
-            if not np.isfinite(out).all():
+            if not bool(torch.isfinite(out).all()):
                 raise RuntimeError(f"{loaded.upscaler.name} produced non-finite output")

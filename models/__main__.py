@@ -12,14 +12,14 @@ from pathlib import Path
 from models import pipeline
 from models.errors import SuperResError
 from models.image import Image
-from models.inference import upscale_image
+from models.inference import Placement, upscale_image
 from models.limits import Limits
-from models.loading import PRECISIONS
+from models.loading import PRECISIONS, memory_budget
 from models.options import UpscaleOptions
 from models.provider import ModelProvider
 from models.registry import Registry, variant_id
 from models.settings import Settings
-from models.tiling import DEFAULT_TILE, TileConfig
+from models.tiling import TileConfig, tile_for_budget
 from models.weights import WeightsStore
 
 
@@ -51,7 +51,11 @@ def upscale(args: argparse.Namespace) -> int:
         quality=args.quality,
         denoise=args.denoise,
     )
-    tile = TileConfig.for_tile(args.tile, pad=args.pad, blend=args.blend)
+    fixed = (
+        None
+        if args.tile is None
+        else TileConfig.for_tile(args.tile, pad=args.pad, blend=args.blend)
+    )
     data = args.input.read_bytes()
     limits = Limits(max_upload_bytes=max(len(data), 1))
 
@@ -65,9 +69,24 @@ def upscale(args: argparse.Namespace) -> int:
             f"{time.perf_counter() - started:.1f} s"
         )
 
+        budget = memory_budget(network.device) // 2
+
         async def run(image: Image, outscale: float) -> Image:
+            tile = fixed or tile_for_budget(
+                image.height,
+                image.width,
+                bytes_per_pixel=network.bytes_per_pixel,
+                budget_bytes=budget,
+            )
+            print(f"tile {tile.tile}, pad {tile.pad}, blend {tile.blend}")
+            placement = Placement(network.device, canvas_budget_bytes=budget)
             return upscale_image(
-                image, network.forward, scale=network.scale, outscale=outscale, tile=tile
+                image,
+                network.forward,
+                scale=network.scale,
+                outscale=outscale,
+                tile=tile,
+                placement=placement,
             )
 
         return pipeline.Runner(network.scale, run)
@@ -103,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("output", type=Path)
     p_up.add_argument("--model", default="realesrgan-x4plus")
     p_up.add_argument("--scale", type=float, default=None, help="output scale, 1-8")
-    p_up.add_argument("--tile", type=int, default=DEFAULT_TILE.tile, help="input tile size")
+    p_up.add_argument(
+        "--tile", type=int, default=None, help="input tile size; default: from the memory budget"
+    )
     p_up.add_argument("--pad", type=int, default=None, help="context pad; default: from --tile")
     p_up.add_argument("--blend", type=int, default=None, help="cross-fade; default: from --tile")
     p_up.add_argument("--precision", choices=PRECISIONS, default="auto")

@@ -52,7 +52,7 @@ from models.limits import Limits
 
 # zlib level for PNG. On a 2048² upscaled photo: level 6 (Pillow's default) 2.8 s / 3.55 MB,
 # level 3 0.9 s / 3.93 MB, level 1 0.5 s / 4.2 MB. Outputs are large, so encode time matters more.
-PNG_COMPRESS_LEVEL = 3
+PNG_COMPRESS_LEVEL = 1
 
 _PILLOW_NAMES = {f: f.upper() for f in INPUT_FORMATS}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -131,7 +131,7 @@ def read_header(data: bytes) -> ImageHeader:
 
 
 def decode_image(data: bytes, limits: Limits | None = None, *, face: bool = False) -> Image:
-    """Decode PNG, JPEG, WebP (or a still GIF, BMP, TIFF) bytes, upright, as float pixels in [0, 1],
+    """Decode PNG, JPEG, WebP (or a still GIF, BMP, TIFF) bytes, upright, as integer pixels,
     refusing bytes and pixels over ``limits`` (the face limits with ``face``) before decoding.
 
     Raises what ``read_header`` raises, and ImageTooLargeError over a limit.
@@ -162,8 +162,8 @@ def decode_pixels(data: bytes, header: ImageHeader) -> Image:
             orientation = _orientation(pil)
     bit_depth = 16 if color.dtype == np.uint16 else 8
     return Image(
-        color=_to_float(_orient(color, orientation)),
-        alpha=None if alpha is None else _to_float(_orient(alpha, orientation)),
+        color=np.ascontiguousarray(_orient(color, orientation)),
+        alpha=None if alpha is None else np.ascontiguousarray(_orient(alpha, orientation)),
         bit_depth=bit_depth,
         format=fmt,
         icc_profile=icc,
@@ -245,17 +245,16 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def _to_float(pixels: np.ndarray) -> np.ndarray:
-    out = np.ascontiguousarray(pixels, dtype=np.float32)
-    out /= np.float32(65535 if pixels.dtype == np.uint16 else 255)
-    return out
-
-
 # --- encoding -----------------------------------------------------------------------------------
 
 
 def encode_image(
-    image: Image, format: str | None = None, quality: int | None = None, *, lossless: bool = False
+    image: Image,
+    format: str | None = None,
+    quality: int | None = None,
+    *,
+    lossless: bool = False,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> bytes:
     """Encode as PNG, JPEG or WebP (None: the source format if writable, else PNG).
 
@@ -267,7 +266,7 @@ def encode_image(
     level = _quality(fmt, quality)
     _check_encodable(image, fmt, lossless)
     if fmt == "png" and image.bit_depth == 16:
-        return _encode_png16(image)
+        return _encode_png16(image, png_level)
     icc = image.icc_profile
     pixels = _quantize(image.color, 255)
     if fmt == "webp" and image.is_gray:
@@ -278,7 +277,7 @@ def encode_image(
     pil = PILImage.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
     options: dict[str, object] = {"icc_profile": icc} if icc else {}
     if fmt == "png":
-        options["compress_level"] = PNG_COMPRESS_LEVEL
+        options["compress_level"] = png_level
     elif fmt == "webp" and lossless:
         options.update(lossless=True, exact=True, method=0, quality=0)
     else:
@@ -310,14 +309,22 @@ def _check_encodable(image: Image, fmt: str, lossless: bool) -> None:
 
 
 def _quantize(values: np.ndarray, top: int) -> np.ndarray:
-    """Floats in [0, 1] → round(values * top), clipped, as uint8 (top 255) or uint16 (top 65535)."""
+    """Pixels as uint8 (``top`` 255) or uint16 (``top`` 65535): floats in [0, 1] are rounded and
+    clipped; integers of the other depth are rescaled with rounding; the same depth is kept."""
+    dtype = np.uint16 if top > 255 else np.uint8
+    if values.dtype == dtype:
+        return values
+    if values.dtype == np.uint16:  # 16 → 8 bit
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if values.dtype == np.uint8:  # 8 → 16 bit
+        return values.astype(np.uint16) * 257
     scaled = values * np.float32(top)
     scaled += 0.5
     np.clip(scaled, 0, top, out=scaled)
-    return scaled.astype(np.uint16 if top > 255 else np.uint8)
+    return scaled.astype(dtype)
 
 
-def _encode_png16(image: Image) -> bytes:
+def _encode_png16(image: Image, level: int) -> bytes:
     """A 16-bit PNG of any channel count, with the ICC profile: one IDAT, Up filter on every row."""
     samples = _quantize(image.color, 65535)
     if image.alpha is not None:
@@ -335,7 +342,7 @@ def _encode_png16(image: Image) -> bytes:
         chunks.append(
             _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(image.icc_profile))
         )
-    chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.data, PNG_COMPRESS_LEVEL)))
+    chunks.append(_png_chunk(b"IDAT", zlib.compress(filtered.data, level)))
     chunks.append(_png_chunk(b"IEND", b""))
     return _PNG_SIGNATURE + b"".join(chunks)
 

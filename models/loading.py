@@ -9,6 +9,8 @@ unpickle. What the model needs at run time (scale, size multiple, precision) end
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +40,16 @@ def pick_device(name: str | None = None) -> torch.device:
         except RuntimeError as e:
             raise InvalidOptionError(f"{name!r} is not a torch device (cpu, cuda, cuda:1)") from e
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a replica may spend on one forward pass and its canvas when not configured: 60% of
+    the GPU's free memory, or a quarter of the host's memory (at most 4 GiB) on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(4 << 30, host // 4)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -96,31 +108,59 @@ class Upscaler:
     module: torch.nn.Module
     multiple_of: int = 1
     minimum: int = 0
+    bytes_per_pixel: int = 0  # activation memory per input pixel (see activation_bytes_per_pixel)
 
     def _padding(self, size: int) -> int:
         target = max(size, self.minimum)
         return target + -target % self.multiple_of - size
 
     @torch.inference_mode()
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """NCHW float32 RGB in [0, 1] → NCHW float32 at ``scale``×, clipped to [0, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W float RGB in [0, 1] (any device) → N x 3 x H*scale x W*scale float32 on
+        the model's device, clipped to [0, 1]. Safe to call from several threads at once."""
+        x = batch.to(self.device, non_blocking=True).float()
         h, w = x.shape[-2:]
         pad_h, pad_w = self._padding(h), self._padding(w)
         if pad_h or pad_w:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         x = x.contiguous(memory_format=torch.channels_last)
-        dtype = _DTYPES[self.precision]
         if self.precision == "fp16":
             y = self.module(x.half())
         elif self.precision == "bf16":
-            with torch.autocast(self.device.type, dtype=dtype):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 y = self.module(x)
         else:
             y = self.module(x)
-        y = y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
-        return y.cpu().numpy()
+        return y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+
+    def forward_numpy(self, batch: np.ndarray) -> np.ndarray:
+        """``forward`` on host arrays (benchmarks and comparisons with other runtimes)."""
+        return self.forward(torch.from_numpy(np.ascontiguousarray(batch))).cpu().numpy()
+
+
+def activation_bytes_per_pixel(
+    module: torch.nn.Module, *, dtype_bytes: int, probe: int = 32
+) -> int:
+    """Bytes of activations a forward pass holds per input pixel, measured once on a small probe
+    (``module`` in float32 on the CPU): the largest input + output of any layer, which must
+    coexist in memory.
+    Tile sizes are chosen from it (``models.tiling.tile_for_budget``)."""
+    largest = 0
+
+    def record(_: torch.nn.Module, inputs: tuple[object, ...], output: object) -> None:
+        nonlocal largest
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        largest = max(largest, sum(t.numel() for t in tensors))
+
+    hooks = [m.register_forward_hook(record) for m in module.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 3, probe, probe))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(1, math.ceil(largest * dtype_bytes / probe**2))
 
 
 def load_upscaler(
@@ -161,6 +201,9 @@ def load_upscaler(
     resolved = resolve_precision(
         precision, device, supports_half=spec.supports_fp16 and descriptor.supports_half
     )
+    bytes_per_pixel = activation_bytes_per_pixel(
+        descriptor.model.eval(), dtype_bytes=2 if resolved in ("fp16", "bf16") else 4
+    )
     module = descriptor.model.eval().to(device)
     if resolved == "fp16":
         module = module.half()
@@ -182,4 +225,5 @@ def load_upscaler(
         module=module,
         multiple_of=descriptor.size_requirements.multiple_of,
         minimum=descriptor.size_requirements.minimum,
+        bytes_per_pixel=bytes_per_pixel,
     )

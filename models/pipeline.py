@@ -20,8 +20,14 @@ from models.errors import InvalidOptionError
 from models.face.pipeline import paste_faces, prepare_faces, resize_background
 from models.face.types import FaceDetector
 from models.formats import check_encodable, content_type, output_format
-from models.image import Image
-from models.imageio import ImageHeader, decode_pixels, encode_image, read_header
+from models.image import Image, to_float
+from models.imageio import (
+    PNG_COMPRESS_LEVEL,
+    ImageHeader,
+    decode_pixels,
+    encode_image,
+    read_header,
+)
 from models.inference import output_size
 from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
@@ -115,17 +121,20 @@ async def upscale_bytes(
     *,
     known_scale: int | None,
     load: LoadRunner,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> EncodedImage:
     """Encoded bytes in, the encoded upscaled image out. ``known_scale`` is the network's scale
     when the registry knows it (None for a user model, read once loaded)."""
-    started = time.perf_counter()
     header = inspect(data, limits)
     runner, chosen = await prepare(header, options, limits, known_scale=known_scale, load=load)
+    started = time.perf_counter()
     image = await asyncio.to_thread(decode_pixels, data, header)
     decoded = time.perf_counter()
     result = await runner.run(image, chosen.outscale)
     timings = {"decode_s": decoded - started, "upscale_s": time.perf_counter() - decoded}
-    return await encode(result, chosen, model=_model_name(options), timings=timings)
+    return await encode(
+        result, chosen, model=_model_name(options), timings=timings, png_level=png_level
+    )
 
 
 async def face_enhance_bytes(
@@ -151,10 +160,11 @@ async def face_enhance_bytes(
     image = await asyncio.to_thread(decode_pixels, data, header)
     t0 = time.perf_counter()
     pending = asyncio.ensure_future(_background(image, chosen.outscale, background))
+    pixels = await asyncio.to_thread(to_float, image.color)
     try:
         job = await asyncio.to_thread(
             prepare_faces,
-            image.color,
+            pixels,
             detector,
             only_center_face=options.only_center_face,
             max_faces=options.max_faces,
@@ -162,7 +172,7 @@ async def face_enhance_bytes(
         t1 = time.perf_counter()
         restored = await asyncio.gather(*(restore(crop) for crop in job.crops))
         t2 = time.perf_counter()
-        upscaled = await pending
+        upscaled = (await pending).as_float()
     finally:
         pending.cancel()  # no-op when done; stops the background if a stage above failed
     t3 = time.perf_counter()
@@ -194,10 +204,13 @@ async def encode(
     model: str,
     timings: dict[str, float],
     faces: tuple[FaceBox, ...] | None = None,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> EncodedImage:
     """Encode ``result`` as planned; ``encode_s`` joins the stage ``timings`` (seconds)."""
     started = time.perf_counter()
-    data = await asyncio.to_thread(encode_image, result, chosen.format, chosen.quality)
+    data = await asyncio.to_thread(
+        encode_image, result, chosen.format, chosen.quality, png_level=png_level
+    )
     timings = {**timings, "encode_s": time.perf_counter() - started}
     return EncodedImage(
         data=data,
@@ -215,6 +228,7 @@ async def encode(
 async def _background(image: Image, scale: float, upscale: RunUpscale | None) -> Image:
     if upscale is not None:
         return await upscale(image, scale)
+    image = await asyncio.to_thread(image.as_float)
     color = await asyncio.to_thread(resize_background, image.color, scale)
     alpha = None
     if image.alpha is not None:

@@ -1,4 +1,4 @@
-"""Split one image plane into equal model-input tiles and blend the upscaled tiles back seamlessly.
+"""How to split one image plane into equal model-input tiles and blend their outputs seamlessly.
 
 Each tile is a window of ``tile`` x ``tile`` input pixels. Near an edge shared with a neighbour a
 tile's output is wrong (its convolutions see the tile's zero padding, not the image), so neighbours
@@ -10,7 +10,10 @@ own size. All windows of a job have the same shape, so a batching layer can stac
 
 The blend weights of a window are the outer product of two 1-D ramps, and the windows form a grid,
 so normalising each axis's ramps to sum to one makes the 2-D weights sum to one everywhere: the
-output canvas is a plain sum, with no weight canvas beside it. The canvas lives in host memory.
+output canvas is a plain sum, with no weight canvas beside it.
+
+This module is the geometry (no torch, so configuration can be validated anywhere); the canvas
+the tiles blend into is ``models.canvas.TiledJob``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.errors import InvalidOptionError, UnsupportedModelError
+from models.errors import InvalidOptionError
 
 MIN_TILE = 16
 MAX_TILE = 4096
@@ -80,6 +83,25 @@ class TileConfig:
 
 DEFAULT_TILE = TileConfig()
 
+# What a forward pass really holds per pixel, over the largest layer's input + output (residuals,
+# cuDNN workspaces, the allocator's slack): measured ~3x on an H200 (x4plus, 1080p, fp16: 24 GiB).
+ACTIVATION_SAFETY = 3
+TILE_LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+"""Tile sides ``tile_for_budget`` picks from: few shapes, so batches and compiled graphs repeat."""
+
+
+def tile_for_budget(
+    height: int, width: int, *, bytes_per_pixel: int, budget_bytes: int, batch: int = 1
+) -> TileConfig:
+    """The largest tiling whose forward passes fit ``budget_bytes``: the whole image as one tile
+    when it fits, else the largest ``TILE_LADDER`` side of which ``batch`` tiles fit; pad and blend
+    follow the tile (``TileConfig.for_tile``)."""
+    per_pixel = max(1, bytes_per_pixel) * ACTIVATION_SAFETY
+    if max(height, width) <= MAX_TILE and height * width * per_pixel <= budget_bytes:
+        return TileConfig.for_tile(max(height, width, MIN_TILE))
+    fitting = [t for t in TILE_LADDER if batch * t * t * per_pixel <= budget_bytes]
+    return TileConfig.for_tile(fitting[-1] if fitting else TILE_LADDER[0])
+
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Evenly spread window starts over ``length``: the first at 0, the last flush with the end."""
@@ -97,7 +119,7 @@ def _rise(distance: np.ndarray, width: float) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * ramp)
 
 
-def _axis_weights(
+def axis_weights(
     length: int, window: int, config: TileConfig, scale: int
 ) -> tuple[list[int], list[np.ndarray]]:
     """Window starts along one axis and each window's normalised output-space weights.
@@ -128,67 +150,13 @@ def _axis_weights(
     return starts, weights
 
 
-def _support(weight: np.ndarray) -> slice:
+def support(weight: np.ndarray) -> slice:
     """The part of a window whose weight is not zero (the pad zones drop out)."""
     nonzero = np.flatnonzero(weight)
     return slice(int(nonzero[0]), int(nonzero[-1]) + 1)
 
 
-class TiledJob:
-    """Tiles of one H x W x 3 float32 plane, and the canvas their upscaled outputs blend into.
-
-    ``tiles[i]`` is 3 x th x tw float32 (all the same shape); give its model output,
-    3 x th*scale x tw*scale, to ``put(i, output)``; after every tile is in, ``result()`` is the
-    H*scale x W*scale x 3 plane. One job serves one request: it is not shared.
-    """
-
-    def __init__(self, plane: np.ndarray, scale: int, config: TileConfig) -> None:
-        if plane.ndim != 3 or plane.shape[2] != 3:
-            raise ValueError(f"expected an H x W x 3 plane, got shape {plane.shape}")
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"scale must be a positive integer, got {scale!r}")
-        height, width = int(plane.shape[0]), int(plane.shape[1])
-        self.scale = scale
-        self.tile_height = min(config.tile, height)
-        self.tile_width = min(config.tile, width)
-        self._ys, self._wy = _axis_weights(height, self.tile_height, config, scale)
-        self._xs, self._wx = _axis_weights(width, self.tile_width, config, scale)
-        chw = np.ascontiguousarray(plane.transpose(2, 0, 1), dtype=np.float32)
-        self.tiles: list[np.ndarray] = [
-            np.ascontiguousarray(chw[:, y : y + self.tile_height, x : x + self.tile_width])
-            for y in self._ys
-            for x in self._xs
-        ]
-        self._canvas = np.zeros((height * scale, width * scale, 3), dtype=np.float32)
-        self._pending = set(range(len(self.tiles)))
-
-    @property
-    def overhead(self) -> float:
-        """Input pixels the model computes per image pixel (1.0 when the image is a single tile)."""
-        computed = len(self.tiles) * self.tile_height * self.tile_width
-        return computed / (self._canvas.shape[0] * self._canvas.shape[1] / self.scale**2)
-
-    def put(self, index: int, output: np.ndarray) -> None:
-        """Blend the model's output for ``tiles[index]`` into the canvas."""
-        if index not in self._pending:
-            raise ValueError(f"tile {index} is out of range or was already put")
-        expected = (3, self.tile_height * self.scale, self.tile_width * self.scale)
-        if output.shape != expected:
-            raise UnsupportedModelError(
-                f"the model returned a tile of shape {output.shape}, expected {expected}: "
-                f"is its scale really {self.scale}?"
-            )
-        row, col = divmod(index, len(self._xs))
-        wy, wx = self._wy[row], self._wx[col]
-        sy, sx = _support(wy), _support(wx)
-        y0, x0 = self._ys[row] * self.scale, self._xs[col] * self.scale
-        part = output[:, sy, sx].transpose(1, 2, 0).astype(np.float32, copy=False)
-        region = self._canvas[y0 + sy.start : y0 + sy.stop, x0 + sx.start : x0 + sx.stop]
-        region += part * wy[sy, None, None] * wx[None, sx, None]
-        self._pending.discard(index)
-
-    def result(self) -> np.ndarray:
-        """The blended H*scale x W*scale x 3 plane (not clipped)."""
-        if self._pending:
-            raise RuntimeError(f"{len(self._pending)} of {len(self.tiles)} tiles were never put")
-        return self._canvas
+def tiles_per_pass(shape: tuple[int, ...], bytes_per_pixel: int, budget_bytes: int) -> int:
+    """How many tiles of ``shape`` (C x H x W) one forward pass may take within the budget."""
+    pixels = shape[-1] * shape[-2]
+    return max(1, budget_bytes // max(1, pixels * bytes_per_pixel * ACTIVATION_SAFETY))

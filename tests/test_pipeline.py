@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 
 from models import pipeline
@@ -28,8 +29,8 @@ def png(h: int, w: int, c: int = 3, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def nearest(batch: np.ndarray, scale: int = 4) -> np.ndarray:
-    return batch.repeat(scale, axis=2).repeat(scale, axis=3)
+def nearest(batch: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    return batch.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
 
 
 class Model:

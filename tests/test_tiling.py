@@ -10,8 +10,9 @@ import torch
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 
+from models.canvas import TiledJob
 from models.errors import InvalidOptionError, UnsupportedModelError
-from models.tiling import DEFAULT_TILE, TileConfig, TiledJob, window_starts
+from models.tiling import DEFAULT_TILE, TileConfig, window_starts
 
 
 def _plane(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -42,10 +43,16 @@ def _torch_model(module: torch.nn.Module) -> Model:
     return forward
 
 
+def _job(plane: np.ndarray, scale: int, config: TileConfig) -> TiledJob:
+    """A job over an H x W x 3 host plane, as the drivers make one (3 x H x W tensor)."""
+    return TiledJob(torch.from_numpy(np.ascontiguousarray(plane.transpose(2, 0, 1))), scale, config)
+
+
 def _run(job: TiledJob, model: Model) -> np.ndarray:
-    for index, output in enumerate(model(np.stack(job.tiles))):
-        job.put(index, output)
-    return job.result()
+    outputs = model(torch.stack(job.tiles).numpy())
+    for index, output in enumerate(outputs):
+        job.put(index, torch.from_numpy(np.ascontiguousarray(output)))
+    return job.result().permute(1, 2, 0).numpy()
 
 
 def _untiled(plane: np.ndarray, model: Model) -> np.ndarray:
@@ -102,9 +109,9 @@ def test_window_starts_of_a_short_axis_is_one_window() -> None:
 def test_tiles_are_equal_shaped_views_of_the_image(height: int, width: int) -> None:
     config = TileConfig(tile=48, pad=6, blend=6)
     plane = _plane(height, width)
-    job = TiledJob(plane, 2, config)
+    job = _job(plane, 2, config)
     shape = (3, min(48, height), min(48, width))
-    assert all(tile.shape == shape and tile.dtype == np.float32 for tile in job.tiles)
+    assert all(tuple(tile.shape) == shape and tile.dtype == torch.float32 for tile in job.tiles)
     # every tile is an actual window of the image
     first, last = job.tiles[0], job.tiles[-1]
     np.testing.assert_array_equal(first, plane[: shape[1], : shape[2]].transpose(2, 0, 1))
@@ -113,15 +120,15 @@ def test_tiles_are_equal_shaped_views_of_the_image(height: int, width: int) -> N
 
 def test_image_smaller_than_a_tile_is_one_tile_of_its_own_size() -> None:
     plane = _plane(21, 37)
-    job = TiledJob(plane, 4, TileConfig(tile=64, pad=8, blend=8))
+    job = _job(plane, 4, TileConfig(tile=64, pad=8, blend=8))
     assert len(job.tiles) == 1
-    assert job.tiles[0].shape == (3, 21, 37)
+    assert tuple(job.tiles[0].shape) == (3, 21, 37)
     assert job.overhead == 1.0
     np.testing.assert_array_equal(_run(job, _pointwise(4)), _untiled(plane, _pointwise(4)))
 
 
 def test_overhead_counts_computed_pixels() -> None:
-    job = TiledJob(_plane(100, 100), 1, TileConfig(tile=64, pad=8, blend=8))
+    job = _job(_plane(100, 100), 1, TileConfig(tile=64, pad=8, blend=8))
     assert len(job.tiles) == 4
     assert job.overhead == pytest.approx(4 * 64 * 64 / (100 * 100))
 
@@ -133,7 +140,7 @@ def test_overhead_counts_computed_pixels() -> None:
 def test_hard_crop_of_a_local_model_equals_untiled_exactly(height: int, width: int) -> None:
     plane = _plane(height, width, seed=1)
     model = _pointwise(3)
-    job = TiledJob(plane, 3, TileConfig(tile=32, pad=4, blend=0))
+    job = _job(plane, 3, TileConfig(tile=32, pad=4, blend=0))
     assert len(job.tiles) >= 4
     result = _run(job, model)
     assert result.shape == (height * 3, width * 3, 3)
@@ -144,15 +151,15 @@ def test_hard_crop_of_a_local_model_equals_untiled_exactly(height: int, width: i
 def test_blended_tiles_of_a_local_model_equal_untiled(config: TileConfig) -> None:
     plane = _plane(301, 263, seed=2)
     model = _pointwise(2)
-    result = _run(TiledJob(plane, 2, config), model)
+    result = _run(_job(plane, 2, config), model)
     np.testing.assert_allclose(result, _untiled(plane, model), rtol=0, atol=1e-6)
 
 
 def test_blend_weights_sum_to_one_everywhere() -> None:
-    job = TiledJob(_plane(151, 97), 2, TileConfig(tile=40, pad=5, blend=9))
+    job = _job(_plane(151, 97), 2, TileConfig(tile=40, pad=5, blend=9))
     for index, tile in enumerate(job.tiles):
-        job.put(index, np.ones((3, tile.shape[1] * 2, tile.shape[2] * 2), np.float32))
-    np.testing.assert_allclose(job.result(), 1.0, rtol=0, atol=1e-6)
+        job.put(index, torch.ones((3, tile.shape[1] * 2, tile.shape[2] * 2)))
+    np.testing.assert_allclose(job.result().numpy(), 1.0, rtol=0, atol=1e-6)
 
 
 def _tight(config: TileConfig, windows: int) -> int:
@@ -169,7 +176,7 @@ def test_pad_beyond_the_receptive_field_reproduces_a_conv_net() -> None:
         config = TileConfig(tile=32, pad=pad, blend=4)
         plane = _plane(_tight(config, 3), _tight(config, 2), seed=3)
         errors[pad] = float(
-            np.abs(_run(TiledJob(plane, 2, config), model) - _untiled(plane, model)).max()
+            np.abs(_run(_job(plane, 2, config), model) - _untiled(plane, model)).max()
         )
     assert errors[0] > errors[2] > 1e-3
     assert errors[4] < 1e-5
@@ -177,7 +184,7 @@ def test_pad_beyond_the_receptive_field_reproduces_a_conv_net() -> None:
     config = TileConfig(tile=32, pad=4, blend=4)
     for height, width in [(70, 90), (33, 101), (64, 65)]:
         plane = _plane(height, width, seed=height)
-        result = _run(TiledJob(plane, 2, config), model)
+        result = _run(_job(plane, 2, config), model)
         np.testing.assert_allclose(result, _untiled(plane, model), rtol=0, atol=1e-5)
 
 
@@ -189,7 +196,7 @@ def test_rrdbnet_seams_are_small_and_shrink_with_pad() -> None:
         config = TileConfig(tile=40, pad=pad, blend=0 if pad == 10 else 4)
         plane = _plane(_tight(config, 2), _tight(config, 2), seed=4)
         untiled = _untiled(plane, model)
-        result = _run(TiledJob(plane, 2, config), model)
+        result = _run(_job(plane, 2, config), model)
         errors.append(float(np.abs(result - untiled).mean() / untiled.std()))
     assert errors[0] > 1e-3  # seams without context are visible
     assert errors[0] > errors[1] > errors[2]
@@ -200,13 +207,13 @@ def test_rrdbnet_seams_are_small_and_shrink_with_pad() -> None:
 
 
 def test_put_rejects_a_wrong_scale_output() -> None:
-    job = TiledJob(_plane(40, 40), 4, TileConfig(tile=32, pad=4, blend=4))
+    job = _job(_plane(40, 40), 4, TileConfig(tile=32, pad=4, blend=4))
     with pytest.raises(UnsupportedModelError, match="is its scale really 4"):
-        job.put(0, np.zeros((3, 64, 64), np.float32))
+        job.put(0, torch.zeros((3, 64, 64)))
 
 
 def test_put_twice_and_early_result_are_refused() -> None:
-    job = TiledJob(_plane(40, 40), 1, TileConfig(tile=32, pad=4, blend=4))
+    job = _job(_plane(40, 40), 1, TileConfig(tile=32, pad=4, blend=4))
     job.put(0, job.tiles[0])
     with pytest.raises(ValueError, match="already put"):
         job.put(0, job.tiles[0])
@@ -217,5 +224,5 @@ def test_put_twice_and_early_result_are_refused() -> None:
 
 
 def test_plane_of_the_wrong_shape_is_refused() -> None:
-    with pytest.raises(ValueError, match="H x W x 3"):
-        TiledJob(np.zeros((10, 10), np.float32), 2, DEFAULT_TILE)
+    with pytest.raises(ValueError, match="3 x H x W"):
+        TiledJob(torch.zeros((10, 10, 3)), 2, DEFAULT_TILE)
