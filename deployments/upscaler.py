@@ -12,6 +12,7 @@ realesr-general-x4v3 is a network of its own.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
 from collections import Counter
@@ -25,18 +26,19 @@ from ray.serve import metrics
 
 from deployments.config import CustomModel, UpscalerConfig, build_registry
 from models import pipeline
+from models.compiled import compile_upscaler, warm_up
 from models.errors import InvalidOptionError, ModelError, UnknownModelError, public_reason
 from models.image import Image
-from models.inference import Placement, upscale_image_async
+from models.inference import upscale_image_async
 from models.limits import Limits
 from models.loading import Upscaler as Network
 from models.loading import memory_budget, pick_device
 from models.options import UpscaleOptions
+from models.policy import TilePolicy
 from models.provider import LoadedModel, ModelProvider
 from models.registry import variant_id
 from models.results import EncodedImage
 from models.settings import Settings
-from models.tiling import tile_for_budget, tiles_per_pass
 
 log = logging.getLogger("ray.serve")
 
@@ -56,7 +58,10 @@ class Upscaler:
         preload: list[str],
         custom_models: list[CustomModel],
         precision: str = "auto",
+        compile: str = "auto",
     ) -> None:
+        """``compile``: "on", "off", or "auto" (on with CUDA): the preloaded models run compiled
+        for fixed shapes, warmed here and in ``reconfigure`` before the replica serves."""
         self._registry = build_registry(custom_models)
         self._served = frozenset(models) | {c.name for c in custom_models}
         self._provider = ModelProvider(
@@ -70,7 +75,13 @@ class Upscaler:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
             torch.set_num_threads(max(1, int(cpus)))
         self._config = UpscalerConfig()
-        self._budget = memory_budget(self._device)
+        self._policy = self._tile_policy(self._config)
+        compiled = compile == "on" or (compile == "auto" and self._device.type == "cuda")
+        self._compile_ids = (
+            {variant_id(self._registry.get(n), None) for n in preload} if compiled else set()
+        )
+        self._compile_cache = settings.weights_dir / "compile-cache"
+        self._warmed: set[tuple[str, int, int]] = set()
         self._load_errors: dict[str, str] = {}
         # What the multiplexed LRU holds: an entry goes when Serve evicts (and drops) the model.
         self._loaded: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
@@ -85,20 +96,45 @@ class Upscaler:
                 await self.get_model(variant_id(self._registry.get(name), None))
             except ModelError as e:  # the replica still serves the models that work
                 log.error("preloading %s failed: %s", name, e)
+        await self._warm_up()
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = UpscalerConfig.model_validate(user_config)
         self._config = config
-        self._budget = config.memory_budget_bytes() or memory_budget(self._device)
+        self._policy = self._tile_policy(config)
         self.forward_tiles.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
         self.forward_tiles.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
             config.batch_wait_timeout_s
         )
+        await self._warm_up()  # new tile or batch shapes compile now, not in a request
+
+    def _tile_policy(self, config: UpscalerConfig) -> TilePolicy:
+        budget = config.memory_budget_bytes() or memory_budget(self._device)
+        return TilePolicy(config.tiling(), budget, config.max_batch_size)
+
+    async def _warm_up(self) -> None:
+        policy = self._policy
+        for loaded in list(self._loaded.values()):
+            network = loaded.upscaler
+            if not network.fixed_shapes:
+                continue
+            shapes = {
+                (network.name, t.tile, policy.max_batch) for t in policy.compiled_tiles(network)
+            }
+            if shapes <= self._warmed:
+                continue
+            tiles = [tile for _, tile, _ in shapes - self._warmed]
+            seconds = await asyncio.to_thread(warm_up, network, tiles, policy.max_batch)
+            log.info("%s compiled and warmed for tiles %s in %.1f s", network.name, tiles, seconds)
+            self._warmed |= shapes
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def get_model(self, model_id: str) -> LoadedModel:
         try:
             loaded = await asyncio.to_thread(self._provider.load, model_id)
+            if model_id in self._compile_ids:
+                network = compile_upscaler(loaded.upscaler, cache_dir=self._compile_cache)
+                loaded = dataclasses.replace(loaded, upscaler=network)
         except ModelError as e:
             log.warning("loading %s failed: %s", model_id, e)
             self._load_errors[model_id] = public_reason(e)
@@ -117,7 +153,7 @@ class Upscaler:
         outputs: list[torch.Tensor] = [torch.empty(0)] * len(requests)
         for (_, shape), members in groups.items():
             network = requests[members[0]].network
-            per_pass = tiles_per_pass(shape, network.bytes_per_pixel, self._budget // 2)
+            per_pass = self._policy.tiles_per_pass(network, shape)
             for first in range(0, len(members), per_pass):
                 indices = members[first : first + per_pass]
                 batch = torch.stack([requests[i].tile for i in indices])
@@ -161,30 +197,22 @@ class Upscaler:
             raise InvalidOptionError(
                 f"the request was routed for model {routed!r} but its options ask for {model_id!r}"
             )
-        config, budget = self._config, self._budget  # one per request, even if reconfigured
+        policy = self._policy  # one per request, even if reconfigured meanwhile
 
         async def load() -> pipeline.Runner:
             network = (await self.get_model(model_id)).upscaler
-            placement = Placement(network.device, canvas_budget_bytes=budget // 2)
 
             async def forward(tile: torch.Tensor) -> torch.Tensor:
                 return await self.forward_tiles(_TileRequest(network, tile))
 
             async def run(image: Image, outscale: float) -> Image:
-                tile = config.tiling() or tile_for_budget(
-                    image.height,
-                    image.width,
-                    bytes_per_pixel=network.bytes_per_pixel,
-                    budget_bytes=budget // 2,
-                    batch=1 if network.device.type == "cpu" else config.max_batch_size,
-                )
                 return await upscale_image_async(
                     image,
                     forward,
                     scale=network.scale,
                     outscale=outscale,
-                    tile=tile,
-                    placement=placement,
+                    tile=policy.tile(network, image.height, image.width),
+                    placement=policy.placement(network),
                 )
 
             return pipeline.Runner(network.scale, run)
@@ -223,6 +251,12 @@ class Upscaler:
             "tiles": tiles,
             "tiles_per_forward": {str(k): v for k, v in sorted(self._batches.items())},
             "max_tiles_per_forward": max(self._batches, default=0),
+            "device": str(self._device),
+            "torch_threads": torch.get_num_threads(),
+            "memory_budget_mb": self._policy.budget_bytes >> 20,
+            "compiled": sorted(
+                n.upscaler.name for n in self._loaded.values() if n.upscaler.fixed_shapes
+            ),
         }
 
     async def check_health(self) -> None:

@@ -8,6 +8,7 @@ The geometry and blend weights come from ``models.tiling``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from models.errors import UnsupportedModelError
 from models.tiling import TileConfig, axis_weights, support
@@ -30,11 +31,19 @@ class TiledJob:
         config: TileConfig,
         *,
         canvas_device: torch.device | None = None,
+        fixed: bool = False,
     ) -> None:
         if plane.ndim != 3 or plane.shape[0] != 3:
             raise ValueError(f"expected a 3 x H x W plane, got shape {tuple(plane.shape)}")
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale!r}")
+        # The result's size; with ``fixed`` a plane smaller than a tile is padded (edge pixels
+        # repeated) so every tile has the tile's shape, as compiled models require.
+        self._size = (int(plane.shape[1]) * scale, int(plane.shape[2]) * scale)
+        if fixed:
+            grow_h, grow_w = (max(0, config.tile - n) for n in plane.shape[1:])
+            if grow_h or grow_w:
+                plane = F.pad(plane[None], (0, grow_w, 0, grow_h), mode="replicate")[0]
         height, width = int(plane.shape[1]), int(plane.shape[2])
         device = canvas_device or plane.device
         self.scale = scale
@@ -65,7 +74,7 @@ class TiledJob:
     def overhead(self) -> float:
         """Input pixels the model computes per image pixel (1.0 when the image is a single tile)."""
         computed = len(self.tiles) * self.tile_height * self.tile_width
-        return computed / (self._canvas.shape[1] * self._canvas.shape[2] / self.scale**2)
+        return computed / (self._size[0] * self._size[1] / self.scale**2)
 
     def put(self, index: int, output: torch.Tensor) -> None:
         """Blend the model's output for ``tiles[index]`` into the canvas."""
@@ -90,4 +99,4 @@ class TiledJob:
         """The blended 3 x H*scale x W*scale canvas (not clipped)."""
         if self._pending:
             raise RuntimeError(f"{len(self._pending)} of {len(self.tiles)} tiles were never put")
-        return self._canvas
+        return self._canvas[:, : self._size[0], : self._size[1]]

@@ -42,10 +42,12 @@ CPU = torch.device("cpu")
 @dataclass(frozen=True)
 class Placement:
     """Where a request's pixels live: ``device`` holds the input and its tiles; the output canvas
-    goes there too unless it would take more than ``canvas_budget_bytes`` (then the host)."""
+    goes there too unless it would take more than ``canvas_budget_bytes`` (then the host).
+    ``fixed_tiles``: every tile has the tile's full shape (for compiled models)."""
 
     device: torch.device = CPU
     canvas_budget_bytes: int | None = None  # None: no limit
+    fixed_tiles: bool = False
 
     def canvas_device(self, height: int, width: int, scale: int) -> torch.device:
         budget = self.canvas_budget_bytes
@@ -113,11 +115,13 @@ def _plan(
     _check_positive("scale", scale)
     size = output_size(image.height, image.width, scale if outscale is None else outscale)
     canvas = placement.canvas_device(image.height, image.width, scale)
-    color = TiledJob(_on_device(image.color, placement.device), scale, tile, canvas_device=canvas)
+    fixed = placement.fixed_tiles
+    plane = _on_device(image.color, placement.device)
+    color = TiledJob(plane, scale, tile, canvas_device=canvas, fixed=fixed)
     alpha = None
     if image.alpha is not None:
         plane = _on_device(image.alpha, placement.device)
-        alpha = TiledJob(plane, scale, tile, canvas_device=canvas)
+        alpha = TiledJob(plane, scale, tile, canvas_device=canvas, fixed=fixed)
     return _Plan(image, size, color, alpha)
 
 

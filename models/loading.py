@@ -109,6 +109,8 @@ class Upscaler:
     multiple_of: int = 1
     minimum: int = 0
     bytes_per_pixel: int = 0  # activation memory per input pixel (see activation_bytes_per_pixel)
+    # Compiled for fixed shapes (models.compiled): batches are padded to a power of two.
+    fixed_shapes: bool = False
 
     def _padding(self, size: int) -> int:
         target = max(size, self.minimum)
@@ -119,6 +121,9 @@ class Upscaler:
         """N x 3 x H x W float RGB in [0, 1] (any device) → N x 3 x H*scale x W*scale float32 on
         the model's device, clipped to [0, 1]. Safe to call from several threads at once."""
         x = batch.to(self.device, non_blocking=True).float()
+        count = x.shape[0]
+        if self.fixed_shapes and count & (count - 1):
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, (1 << count.bit_length()) - count))
         h, w = x.shape[-2:]
         pad_h, pad_w = self._padding(h), self._padding(w)
         if pad_h or pad_w:
@@ -132,7 +137,7 @@ class Upscaler:
                 y = self.module(x)
         else:
             y = self.module(x)
-        return y[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+        return y[:count, :, : h * self.scale, : w * self.scale].float().clamp_(0, 1)
 
     def forward_numpy(self, batch: np.ndarray) -> np.ndarray:
         """``forward`` on host arrays (benchmarks and comparisons with other runtimes)."""

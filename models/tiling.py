@@ -91,13 +91,20 @@ TILE_LADDER = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 409
 
 
 def tile_for_budget(
-    height: int, width: int, *, bytes_per_pixel: int, budget_bytes: int, batch: int = 1
+    height: int,
+    width: int,
+    *,
+    bytes_per_pixel: int,
+    budget_bytes: int,
+    batch: int = 1,
+    whole: bool = True,
 ) -> TileConfig:
     """The largest tiling whose forward passes fit ``budget_bytes``: the whole image as one tile
-    when it fits, else the largest ``TILE_LADDER`` side of which ``batch`` tiles fit; pad and blend
-    follow the tile (``TileConfig.for_tile``)."""
+    when it fits (and ``whole``), else the largest ``TILE_LADDER`` side of which ``batch`` tiles
+    fit; pad and blend follow the tile (``TileConfig.for_tile``)."""
     per_pixel = max(1, bytes_per_pixel) * ACTIVATION_SAFETY
-    if max(height, width) <= MAX_TILE and height * width * per_pixel <= budget_bytes:
+    fits_whole = height * width * per_pixel <= budget_bytes
+    if whole and max(height, width) <= MAX_TILE and fits_whole:
         return TileConfig.for_tile(max(height, width, MIN_TILE))
     fitting = [t for t in TILE_LADDER if batch * t * t * per_pixel <= budget_bytes]
     return TileConfig.for_tile(fitting[-1] if fitting else TILE_LADDER[0])
@@ -154,6 +161,18 @@ def support(weight: np.ndarray) -> slice:
     """The part of a window whose weight is not zero (the pad zones drop out)."""
     nonzero = np.flatnonzero(weight)
     return slice(int(nonzero[0]), int(nonzero[-1]) + 1)
+
+
+def cheapest_tile(height: int, width: int, tiles: list[TileConfig]) -> TileConfig:
+    """Of fixed-shape tilings (a smaller image is padded up to the tile), the one that computes
+    the fewest pixels for an image of this size."""
+
+    def computed(config: TileConfig) -> int:
+        rows = len(window_starts(max(height, config.tile), config.tile, config.stride))
+        cols = len(window_starts(max(width, config.tile), config.tile, config.stride))
+        return rows * cols * config.tile**2
+
+    return min(tiles, key=lambda config: (computed(config), -config.tile))
 
 
 def tiles_per_pass(shape: tuple[int, ...], bytes_per_pixel: int, budget_bytes: int) -> int:

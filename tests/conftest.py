@@ -30,6 +30,7 @@ UPSCALER_TEST_CONFIG = {
     "tile_pad": 8,
     "tile_blend": 8,
 }
+UPSCALER_CPUS = 2
 TEST_LIMITS = {
     "max_upload_bytes": 3_000_000,
     "max_input_pixels": 1_000_000,
@@ -111,7 +112,16 @@ def serve_app(
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build(args, settings, {"Upscaler": {"user_config": UPSCALER_TEST_CONFIG}}),
+        build(
+            args,
+            settings,
+            {
+                "Upscaler": {
+                    "user_config": UPSCALER_TEST_CONFIG,
+                    "ray_actor_options": {"num_cpus": UPSCALER_CPUS},
+                }
+            },
+        ),
         name=APP_NAME,
         route_prefix="/",
     )

@@ -12,9 +12,17 @@ import torch
 from spandrel.architectures.Compact import Compact
 from spandrel.architectures.ESRGAN import ESRGAN
 
+from models.canvas import TiledJob
 from models.errors import InvalidOptionError, UnsupportedModelError
 from models.image import Image
-from models.inference import Forward, output_size, upscale_image, upscale_image_async
+from models.inference import (
+    CPU,
+    Forward,
+    Placement,
+    output_size,
+    upscale_image,
+    upscale_image_async,
+)
 from models.tiling import TileConfig
 
 SMALL_TILE = TileConfig(tile=32, pad=4, blend=4)
@@ -294,3 +302,55 @@ def test_a_failing_tile_fails_the_request_and_stops_submitting() -> None:
     with pytest.raises(RuntimeError, match="device lost"):
         asyncio.run(upscale_image_async(image, failing, scale=2, tile=SMALL_TILE, max_in_flight=2))
     assert 3 <= calls < 10  # of 25 tiles: the rest were never submitted
+
+
+# --- device placement ---------------------------------------------------------------------------
+
+
+def test_decoded_integer_pixels_go_through_exactly() -> None:
+    rng = np.random.default_rng(20)
+    eight = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    eight.flags.writeable = False  # decoded pixels are often read-only views
+    result = upscale_image(Image(eight), _nearest(2), scale=2, tile=SMALL_TILE)
+    np.testing.assert_array_equal(result.color, _nearest_plane(eight, 2))
+    sixteen = rng.integers(0, 65536, (20, 30, 1), dtype=np.uint16)
+    alpha = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    image = Image(sixteen, alpha, bit_depth=16)
+    result = upscale_image(image, _nearest(3), scale=3, tile=SMALL_TILE)
+    assert result.color.dtype == np.uint16 and result.alpha is not None
+    _close(result.color, _nearest_plane(sixteen, 3), atol=1)
+    _close(result.alpha, _nearest_plane(alpha, 3), atol=1)
+
+
+def test_the_canvas_leaves_the_device_only_over_its_budget() -> None:
+    meta = torch.device("meta")
+    canvas = TiledJob.canvas_bytes(100, 200, 4)
+    assert Placement(meta).canvas_device(100, 200, 4) == meta
+    assert Placement(meta, canvas_budget_bytes=canvas).canvas_device(100, 200, 4) == meta
+    assert Placement(meta, canvas_budget_bytes=canvas - 1).canvas_device(100, 200, 4) == CPU
+    image = Image(_pixels(40, 50, 3, seed=21))
+    small = Placement(canvas_budget_bytes=1)  # host canvas: the same result
+    _close(
+        upscale_image(image, _nearest(2), scale=2, tile=SMALL_TILE, placement=small).color,
+        upscale_image(image, _nearest(2), scale=2, tile=SMALL_TILE).color,
+        atol=0,
+    )
+
+
+def test_activation_bytes_per_pixel_grow_with_the_network() -> None:
+    from models.loading import activation_bytes_per_pixel
+
+    torch.manual_seed(0)
+    small = activation_bytes_per_pixel(
+        Compact(num_feat=8, num_conv=2, upscale=2).eval(), dtype_bytes=4
+    )
+    wide = activation_bytes_per_pixel(
+        Compact(num_feat=32, num_conv=2, upscale=2).eval(), dtype_bytes=4
+    )
+    x4 = activation_bytes_per_pixel(
+        Compact(num_feat=8, num_conv=2, upscale=4).eval(), dtype_bytes=4
+    )
+    half = activation_bytes_per_pixel(
+        Compact(num_feat=8, num_conv=2, upscale=2).eval(), dtype_bytes=2
+    )
+    assert small < wide and small < x4 and half * 2 == small

@@ -12,7 +12,15 @@ from spandrel.architectures.ESRGAN import ESRGAN
 
 from models.canvas import TiledJob
 from models.errors import InvalidOptionError, UnsupportedModelError
-from models.tiling import DEFAULT_TILE, TileConfig, window_starts
+from models.tiling import (
+    ACTIVATION_SAFETY,
+    DEFAULT_TILE,
+    TILE_LADDER,
+    TileConfig,
+    tile_for_budget,
+    tiles_per_pass,
+    window_starts,
+)
 
 
 def _plane(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -226,3 +234,35 @@ def test_put_twice_and_early_result_are_refused() -> None:
 def test_plane_of_the_wrong_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="3 x H x W"):
         TiledJob(torch.zeros((10, 10, 3)), 2, DEFAULT_TILE)
+
+
+# --- sizing from memory -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", [16, 24, 48, 64, 100, 256, 1000, 4096])
+def test_a_tile_alone_makes_a_valid_config(tile: int) -> None:
+    config = TileConfig.for_tile(tile)
+    assert config.tile == tile and config.stride >= max(8, tile // 4)
+    assert TileConfig.for_tile(256) == DEFAULT_TILE
+    assert TileConfig.for_tile(64, pad=2) == TileConfig(64, 2, 4)
+
+
+def test_the_whole_image_is_one_tile_when_it_fits() -> None:
+    per_px = 1000
+    fits = 200 * 300 * per_px * ACTIVATION_SAFETY
+    assert tile_for_budget(200, 300, bytes_per_pixel=per_px, budget_bytes=fits).tile == 300
+    smaller = tile_for_budget(200, 300, bytes_per_pixel=per_px, budget_bytes=fits - 1).tile
+    assert smaller in TILE_LADDER and smaller * smaller * per_px * ACTIVATION_SAFETY <= fits
+    # batches of 4 tiles need a quarter of the area each
+    quarter = tile_for_budget(2000, 3000, bytes_per_pixel=per_px, budget_bytes=fits, batch=4).tile
+    assert quarter < smaller and 4 * quarter**2 * per_px * ACTIVATION_SAFETY <= fits
+    # never below the smallest rung, whatever the budget
+    assert tile_for_budget(500, 500, bytes_per_pixel=per_px, budget_bytes=1).tile == TILE_LADDER[0]
+    # a side over MAX_TILE is tiled even when memory would allow it whole
+    assert tile_for_budget(10, 5000, bytes_per_pixel=1, budget_bytes=10**12).tile < 5000
+
+
+def test_tiles_per_pass_follow_the_budget() -> None:
+    one = 64 * 64 * 100 * ACTIVATION_SAFETY
+    assert tiles_per_pass((3, 64, 64), 100, one * 5) == 5
+    assert tiles_per_pass((3, 64, 64), 100, one - 1) == 1  # at least one, always
