@@ -22,8 +22,8 @@ from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
 from models.results import EncodedImage
+from models.s3 import ResultStore
 from models.settings import Settings
-from models.storage import ResultStore
 from serve_app.errors import ApiError, install_handlers
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.upload import read_upload, request_body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -34,7 +35,8 @@ from devtools.local_s3 import (
     load_or_create_credentials,
     start_local_s3,
 )
-from models.storage import ResultStore, StorageSettings, StorageUnavailableError
+from models.s3 import ResultStore
+from models.storage import StorageSettings, StorageUnavailableError
 from tests.s3server import s3_down, start_test_s3
 
 BUCKET = "results-test"
@@ -403,3 +405,37 @@ def test_cli_runs_in_the_foreground_until_sigterm(tmp_path: Path) -> None:
                 process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_large_objects_go_up_in_parts_from_a_stream(store: ResultStore, raw: Any) -> None:
+    from models.s3 import MULTIPART_THRESHOLD
+
+    data = os.urandom(2 * MULTIPART_THRESHOLD + 12345)
+    calls: list[str] = []
+    original = store._client.upload_part
+
+    def counting(**params: Any) -> Any:
+        calls.append(params["PartNumber"])
+        return original(**params)
+
+    store._client.upload_part = counting
+    try:
+        result = store.put(
+            io.BytesIO(data), content_type="image/png", extension="png", metadata={}, key="big.png"
+        )
+    finally:
+        store._client.upload_part = original
+    assert calls == [1, 2, 3] and result.bytes == len(data) and result.key == "big.png"
+    assert httpx.get(result.url).content == data
+    uploads = raw.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert uploads == []  # completed, nothing left behind
+
+
+def test_head_exists_and_delete(store: ResultStore) -> None:
+    result = _put(store, b"some result bytes")
+    info = store.head(result.key)
+    assert info is not None and info.bytes == len(b"some result bytes")
+    assert store.exists(result.key)
+    store.delete(result.key)
+    assert not store.exists(result.key) and store.head(result.key) is None
+    store.delete(result.key)  # deleting twice is fine
