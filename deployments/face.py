@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import CustomModel, FaceConfig, build_registry
+from deployments.payload import Payload, unpack
 from models import pipeline
 from models.errors import ModelError, ModelNotReadyError, public_reason
 from models.face import FaceDetector, load_gfpgan, load_retinaface
@@ -30,7 +31,8 @@ from models.limits import Limits
 from models.loading import pick_device
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import WeightsSource, variant_id
-from models.results import EncodedImage
+from models.results import StoredImage, store_result
+from models.s3 import ResultStore
 from models.settings import Settings
 from models.weights import WeightsStore
 
@@ -52,6 +54,7 @@ class FaceRestorer:
         """``weights`` replaces the registry's files (e.g. another GFPGAN build, pinned);
         ``detector`` replaces RetinaFace with any object that has ``detect``."""
         self._upscaler = upscaler
+        self._store = ResultStore(settings.storage())
         self._registry = build_registry(custom_models)
         self._device = pick_device(settings.device)
         sources = {name: self._registry.get(name).weights for name in (RESTORER, DETECTOR)}
@@ -109,17 +112,19 @@ class FaceRestorer:
         ]
 
     async def enhance(
-        self, data: bytes, options: FaceEnhanceOptions, limits: Limits
-    ) -> EncodedImage:
-        """Encoded bytes in; the encoded result with the faces found (boxes in output pixels).
-        ``options.background_model`` names an upscaler, or ``"none"`` for a plain resize."""
+        self, payload: Payload, options: FaceEnhanceOptions, limits: Limits
+    ) -> StoredImage:
+        """Encoded bytes (or a reference to them) in; the result stored, with the faces found
+        (boxes in output pixels). ``options.background_model`` names an upscaler, or ``"none"``
+        for a plain resize."""
         _, detector = self._require()  # fail fast, before decoding, when weights are missing
+        data = await unpack(payload)
         background, scale = None, None
         model = options.background_model
         if options.upscales_background and model is not None:
             scale = self._registry.get(model).scale
             background = self._background(model, limits)
-        return await pipeline.face_enhance_bytes(
+        encoded = await pipeline.face_enhance_bytes(
             data,
             options,
             limits,
@@ -128,6 +133,7 @@ class FaceRestorer:
             background=background,
             background_scale=scale,
         )
+        return await asyncio.to_thread(store_result, self._store, encoded, source=data)
 
     def _background(self, model: str, limits: Limits) -> pipeline.RunUpscale:
         model_id = variant_id(self._registry.get(model), None)

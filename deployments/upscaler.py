@@ -25,6 +25,7 @@ from ray import serve
 from ray.serve import metrics
 
 from deployments.config import CustomModel, UpscalerConfig, build_registry
+from deployments.payload import Payload, unpack
 from models import pipeline
 from models.compiled import compile_upscaler, warm_up
 from models.errors import InvalidOptionError, ModelError, UnknownModelError, public_reason
@@ -37,7 +38,8 @@ from models.options import UpscaleOptions
 from models.policy import TilePolicy
 from models.provider import LoadedModel, ModelProvider
 from models.registry import variant_id
-from models.results import EncodedImage
+from models.results import StoredImage, store_result
+from models.s3 import ResultStore
 from models.settings import Settings
 
 log = logging.getLogger("ray.serve")
@@ -63,6 +65,7 @@ class Upscaler:
         """``compile``: "on", "off", or "auto" (on with CUDA): the preloaded models run compiled
         for fixed shapes, warmed here and in ``reconfigure`` before the replica serves."""
         self._registry = build_registry(custom_models)
+        self._store = ResultStore(settings.storage())
         self._served = frozenset(models) | {c.name for c in custom_models}
         self._provider = ModelProvider(
             self._registry,
@@ -164,10 +167,14 @@ class Upscaler:
                 self._tiles_per_batch.observe(len(indices))
         return outputs
 
-    async def upscale(self, data: bytes, options: UpscaleOptions, limits: Limits) -> EncodedImage:
-        """Encoded bytes in, encoded bytes out: the path of the HTTP API."""
+    async def upscale(
+        self, payload: Payload, options: UpscaleOptions, limits: Limits
+    ) -> StoredImage:
+        """Encoded bytes (or a reference to them) in; the result stored, its URL out: the path of
+        the HTTP API. Neither image travels back through the caller."""
         known_scale, load = self._model(options)
-        return await pipeline.upscale_bytes(
+        data = await unpack(payload)
+        encoded = await pipeline.upscale_bytes(
             data,
             options,
             limits,
@@ -175,6 +182,7 @@ class Upscaler:
             load=load,
             png_level=self._config.png_compress_level,
         )
+        return await asyncio.to_thread(store_result, self._store, encoded, source=data)
 
     async def upscale_image(self, image: Image, options: UpscaleOptions, limits: Limits) -> Image:
         """A decoded image in, the upscaled image out: the path of composed deployments."""

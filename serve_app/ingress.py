@@ -7,7 +7,6 @@ options models as the HTTP routes.
 """
 
 import asyncio
-import hashlib
 import logging
 from typing import Annotated, Any, TypeVar
 
@@ -18,10 +17,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import CustomModel, build_registry
+from deployments.payload import pack
 from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
-from models.results import EncodedImage
+from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
 from serve_app.errors import ApiError, install_handlers
@@ -43,6 +43,23 @@ app = FastAPI(
     version="0.1.0",
 )
 install_handlers(app)
+
+
+def _answer(stored: StoredImage) -> UpscaleResult:
+    return UpscaleResult(
+        id=stored.key,
+        url=stored.url,
+        expires_at=stored.expires_at,
+        width=stored.width,
+        height=stored.height,
+        format=stored.format,
+        content_type=stored.content_type,
+        model=stored.model,
+        scale=stored.scale,
+        bytes=stored.bytes,
+        timings=stored.timings,
+        faces=None if stored.faces is None else list(stored.faces),
+    )
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
@@ -159,41 +176,11 @@ class Ingress:
         options = options.model_copy(update={"model": options.model or self._default_model})
         model_id = variant_id(self._registry.get(str(options.model)), options.denoise)
         handle = self._upscaler.options(multiplexed_model_id=model_id)
-        encoded = await handle.upscale.remote(data, options, self._limits)
-        return await self._stored(encoded, data)
+        return _answer(await handle.upscale.remote(pack(data), options, self._limits))
 
     async def _face_enhance(self, data: bytes, options: FaceEnhanceOptions) -> UpscaleResult:
         if self._faces is None:
             raise ApiError(503, "model_unavailable", "face enhancement is not enabled", 5)
         background = options.background_model or self._default_model
         options = options.model_copy(update={"background_model": background})
-        encoded = await self._faces.enhance.remote(data, options, self._limits)
-        return await self._stored(encoded, data)
-
-    async def _stored(self, output: EncodedImage, data: bytes) -> UpscaleResult:
-        metadata = {
-            "model": output.model,
-            "scale": f"{output.scale:g}",
-            "input-sha256": hashlib.sha256(data).hexdigest(),
-        }
-        stored = await asyncio.to_thread(
-            self._store.put,
-            output.data,
-            content_type=output.content_type,
-            extension=output.format,
-            metadata=metadata,
-        )
-        return UpscaleResult(
-            id=stored.key,
-            url=stored.url,
-            expires_at=stored.expires_at,
-            width=output.width,
-            height=output.height,
-            format=output.format,
-            content_type=output.content_type,
-            model=output.model,
-            scale=output.scale,
-            bytes=stored.bytes,
-            timings=output.timings,
-            faces=None if output.faces is None else list(output.faces),
-        )
+        return _answer(await self._faces.enhance.remote(pack(data), options, self._limits))

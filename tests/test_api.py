@@ -405,3 +405,18 @@ def test_a_compiled_upscaler_serves_the_same_pixels(serve_app, tiny_weights) -> 
         assert np.abs(compiled.astype(int) - eager.astype(int)).max() <= 2
     finally:
         serve.delete("compiled-test")
+
+
+def test_a_large_upload_travels_by_reference_and_the_worker_stores_the_result(serve_app) -> None:
+    from deployments.payload import INLINE_MAX_BYTES
+
+    data = encode(noise(800, 1000, seed=4))  # random pixels do not compress: ~2.4 MB
+    assert INLINE_MAX_BYTES < len(data) < 3_000_000
+    with serve_app.client(timeout=300) as client:
+        r = upscale(client, data, scale=1)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"]) == (1000, 800)
+    assert "store_s" in body["timings"]  # stored by the Upscaler, not the Ingress
+    got = np.asarray(fetch(body["url"]))
+    assert got.shape == (800, 1000, 3)
