@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export RAY_TMPDIR ?= $(CURDIR)/.run/ray
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-serve bench-faces manifests clean
+.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-faces manifests clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ bench-cpu: venv ## model throughput: torch fp32 / bf16 vs the ncnn runtime
 
 bench-cpu-http: venv ## served latency of a real photo (make run's stack) vs ncnn, same cores
 	$(PY) bench/cpu_http.py
+
+bench-openvino: venv ## OpenVINO vs torch vs ncnn on CPU: s/tile, ratio, max |Δ| (ARGS=--quick)
+	$(PY) bench/openvino_cpu.py $(ARGS)
 
 bench-serve: venv ## HTTP through Serve vs in-process calls; batching on vs off
 	$(PY) bench/serve_e2e.py
