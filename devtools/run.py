@@ -54,15 +54,23 @@ def _wait_ready(url: str, serve: subprocess.Popen[bytes], timeout_s: float) -> b
     return False
 
 
-def _banner(url: str) -> str:
+AUTH_OFF = """
+!!! API keys are OFF: anyone who can reach this port can use the service.
+!!! To turn them on: .venv/bin/python -m serve_app keys create NAME --file .run/api-keys
+!!! then start again with SUPERRES_API_KEYS_FILE=.run/api-keys (send Authorization: Bearer KEY).
+"""
+
+
+def _banner(url: str, auth: bool) -> str:
+    key = ' -H "Authorization: Bearer $KEY"' if auth else ""
     return f"""
 superres is ready at {url}   (API docs: {url}/docs)
 
-  curl -F file=@photo.jpg "{url}/v1/upscale?scale=4"
-  curl "{url}/v1/models"
+  curl{key} -F file=@photo.jpg "{url}/v1/upscale?scale=4"
+  curl{key} "{url}/v1/models"
 
 The JSON answer holds a presigned "url" to download the result. Ctrl-C stops everything.
-"""
+{"" if auth else AUTH_OFF}"""
 
 
 def _stop_serve(serve: subprocess.Popen[bytes]) -> None:
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             env.update(s3.env())
         settings = Settings()
+        if settings.api_keys_file is None:
+            print(AUTH_OFF, flush=True)
         default_model = _default_model(args.config)
         print(f"fetching the weights of {default_model} into {settings.weights_dir} ...")
         for weights in ModelProvider(Registry(), settings.weights_store()).fetch(default_model):
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         if _wait_ready(url, serve, args.ready_timeout):
-            print(_banner(url), flush=True)
+            print(_banner(url, auth=bool(settings.api_keys_file)), flush=True)
         else:
             print(f"the app did not become ready at {url}/readyz; see the log above", flush=True)
         return serve.wait()

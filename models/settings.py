@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     s3_url_ttl_s: int = 3600
     s3_create_bucket: bool = True
 
+    # Who may call: hashed API keys (python -m serve_app keys create); unset = auth off
+    api_keys_file: Path | None = None
+
     @field_validator("weights_mirrors", mode="before")
     @classmethod
     def _split_mirrors(cls, value: object) -> object:

@@ -11,14 +11,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
-from deployments.config import CustomModel, WeightsOverride
+from deployments.config import CustomModel, WeightsOverride, build_registry
 from deployments.face import DETECTOR, RESTORER, FaceRestorer
-from deployments.upscaler import Upscaler, build_registry
+from deployments.quota import Quotas
+from deployments.upscaler import Upscaler
 from models.face.types import FaceDetector
+from models.limits import Limits
 from models.loading import PRECISIONS
 from models.registry import ModelKind, Registry
 from models.settings import Settings
-from serve_app.ingress import Ingress, Limits
+from serve_app.auth import KeyRing
+from serve_app.ingress import Ingress
 
 APP_NAME = "superres"
 DEFAULT_MODELS = [
@@ -103,6 +106,10 @@ def build(
         faces = deployment(FaceRestorer).bind(
             settings, upscaler, args.custom_models, weights, face_detector
         )
+    quotas = None
+    if settings.api_keys_file is not None:
+        KeyRing.load(settings.api_keys_file)  # a malformed key file fails here, naming its line
+        quotas = deployment(Quotas).bind()
     return deployment(Ingress).bind(
         upscaler,
         faces,
@@ -110,4 +117,5 @@ def build(
         default_model=args.default_model,
         custom_models=args.custom_models,
         limits=args.limits,
+        quotas=quotas,
     )

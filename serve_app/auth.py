@@ -6,7 +6,6 @@ running ``KeyRing`` rereads the file when it changes, so a revoked key stops wor
 ``reload_every_s``. ``key_dependency`` is the one FastAPI dependency the ``/v1`` routes share.
 """
 
-from __future__ import annotations
 
 import hmac
 import logging
@@ -45,7 +44,7 @@ class Unauthorized(Exception):
         # RFC 6750 §3: no error code when the request carried no credentials at all.
         self.www_authenticate = 'Bearer realm="superres"' + (f', error="{error}"' if error else "")
 
-    def __reduce__(self) -> tuple[type[Unauthorized], tuple[str, str | None]]:
+    def __reduce__(self) -> tuple[type["Unauthorized"], tuple[str, str | None]]:
         return type(self), (str(self), self.error)
 
 
@@ -94,7 +93,7 @@ class KeyRing:
         defaults: QuotaLimits = DEFAULT_LIMITS,
         reload_every_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-    ) -> KeyRing:
+    ) -> "KeyRing":
         """``KeyFileError`` (naming the line) if the file is missing or malformed."""
         path = Path(path)
         stamp = _stamp(path)

@@ -22,8 +22,10 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.quota import QuotaExceeded
 from models import errors as e
 from models.storage import StorageUnavailableError
+from serve_app.auth import Unauthorized
 
 log = logging.getLogger("ray.serve")
 
@@ -38,6 +40,7 @@ class ApiError(Exception):
     code: str
     message: str
     retry_after: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,11 @@ def to_api_error(exc: BaseException) -> ApiError:
     exc = _cause(exc)
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, Unauthorized):
+        auth = (("WWW-Authenticate", exc.www_authenticate),)
+        return ApiError(401, "unauthorized", str(exc), headers=auth)
+    if isinstance(exc, QuotaExceeded):
+        return ApiError(429, "quota_exceeded", str(exc), exc.retry_after_s)
     for rule in _RULES:
         if isinstance(exc, rule.kind):
             return _apply(rule, exc)
@@ -108,7 +116,7 @@ def _apply(rule: _Rule, exc: BaseException) -> ApiError:
 
 
 def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    headers = dict(headers or {})
+    headers = {**dict(headers or {}), **dict(error.headers)}
     if error.retry_after:
         headers["Retry-After"] = str(error.retry_after)
     body = {"error": {"code": error.code, "message": error.message}}
@@ -125,6 +133,7 @@ def install_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(ApiError(exc.status_code, code, str(exc.detail)), exc.headers)
 
+    @app.exception_handler(Unauthorized)  # raised by the key dependency, before the route
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
         return error_response(to_api_error(exc))

@@ -7,24 +7,30 @@ options models as the HTTP routes.
 """
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import CustomModel, build_registry
 from deployments.payload import pack
+from deployments.quota import hold_quota
 from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
 from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
-from serve_app.errors import ApiError, install_handlers
+from serve_app.auth import KeyRing, key_dependency
+from serve_app.errors import ApiError, error_response, install_handlers, to_api_error
+from serve_app.keys import Principal
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.upload import read_upload, request_body
 
@@ -36,6 +42,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 503)
 }
 READINESS_TIMEOUT_S = 2.0
+
+
+def _key_ring() -> KeyRing | None:
+    """The ring of the Ingress replica serving the request (made in its constructor)."""
+    ingress = serve.get_replica_context().servable_object
+    return getattr(ingress, "key_ring", None)
+
+
+require_key = key_dependency(_key_ring)
 
 app = FastAPI(
     title="superres",
@@ -73,7 +88,13 @@ class Ingress:
         default_model: str,
         custom_models: list[CustomModel],
         limits: Limits,
+        quotas: DeploymentHandle | None = None,
     ) -> None:
+        """``quotas``: the ``Quotas`` deployment, when API keys are on (``settings.api_keys_file``)."""
+        self.key_ring = KeyRing.load(settings.api_keys_file) if settings.api_keys_file else None
+        if self.key_ring is None:
+            log.warning("API keys are OFF: anyone who reaches this service can use it")
+        self._quotas = quotas
         self._upscaler = upscaler
         self._faces = face_restorer
         self._registry = build_registry(custom_models)
@@ -104,12 +125,14 @@ class Ingress:
         openapi_extra=request_body(UpscaleOptions),
     )
     async def http_upscale(
-        self, request: Request, options: Annotated[UpscaleOptions, Query()]
-    ) -> UpscaleResult:
+        self,
+        request: Request,
+        options: Annotated[UpscaleOptions, Query()],
+        caller: Annotated[Principal, Depends(require_key)],
+    ) -> Response:
         """Upscale one image: multipart field ``file``, or the raw image as the body. Options come
         as query parameters or as form fields."""
-        data, options = await read_upload(request, options, self._limits.max_upload_bytes)
-        return await self._upscale(data, options)
+        return await self._http(request, options, caller, self._upscale)
 
     @app.post(
         "/v1/face-enhance",
@@ -118,20 +141,22 @@ class Ingress:
         openapi_extra=request_body(FaceEnhanceOptions),
     )
     async def http_face_enhance(
-        self, request: Request, options: Annotated[FaceEnhanceOptions, Query()]
-    ) -> UpscaleResult:
+        self,
+        request: Request,
+        options: Annotated[FaceEnhanceOptions, Query()],
+        caller: Annotated[Principal, Depends(require_key)],
+    ) -> Response:
         """Restore the faces of one image with GFPGAN v1.4 and upscale the rest."""
-        data, options = await read_upload(request, options, self._limits.max_upload_bytes)
-        return await self._face_enhance(data, options)
+        return await self._http(request, options, caller, self._face_enhance)
 
-    @app.get("/v1/models", response_model=list[ModelInfo])
+    @app.get("/v1/models", response_model=list[ModelInfo], dependencies=[Depends(require_key)])
     async def list_models(self) -> list[dict[str, Any]]:
         models = [dict(m, ready=m["loaded"]) for m in await self._upscaler.models.remote()]
         if self._faces is not None:
             models += await self._faces.models.remote()
         return models
 
-    @app.get("/v1/stats")
+    @app.get("/v1/stats", dependencies=[Depends(require_key)])
     async def stats(self) -> dict[str, Any]:
         return {"upscaler": await self._upscaler.stats.remote()}
 
@@ -169,6 +194,27 @@ class Ingress:
         return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, headers)
 
     # --- shared ---------------------------------------------------------------------------------
+
+    async def _http(
+        self,
+        request: Request,
+        options: Options,
+        caller: Principal,
+        run: Callable[[bytes, Options], Awaitable[UpscaleResult]],
+    ) -> Response:
+        """The quota is taken before the body is read; every failure becomes its JSON error."""
+        try:
+            async with self._quota(caller):
+                data, options = await read_upload(request, options, self._limits.max_upload_bytes)
+                result = await run(data, options)
+        except Exception as exc:
+            return error_response(to_api_error(exc))
+        return JSONResponse(result.model_dump(mode="json"))
+
+    def _quota(self, caller: Principal) -> AbstractAsyncContextManager[object]:
+        if caller.limits is None or self._quotas is None:
+            return contextlib.nullcontext()
+        return hold_quota(self._quotas, caller.name, caller.limits)
 
     async def _upscale(self, data: bytes, options: UpscaleOptions) -> UpscaleResult:
         if options.face_enhance:
