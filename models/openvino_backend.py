@@ -6,10 +6,13 @@ TorchScript frontend) into a model with a dynamic N x 3 x H x W input and compil
 [0, 1] on the CPU in, NCHW float32 at the model's scale out (unclamped: the caller clamps, pads to
 ``multiple_of`` and crops, as ``Upscaler.forward`` does for torch).
 
-A dynamic shape costs speed on small networks (SRVGGNetCompact ~10% per tile on an AVX-512 EPYC;
-RRDBNet within noise), and the tiler sends the same shape again and again, so a shape seen twice
-gets a static compiled model of its own (at most ``static_shapes`` of them, never evicted: one-off
-shapes, such as small whole images, stay on the dynamic model and cannot thrash the cache).
+Dynamic H and W cost speed on small networks (SRVGGNetCompact 10-20% per tile on an AVX-512
+EPYC; RRDBNet within noise), and the tiler sends windows of one size again and again, so a tile
+size (H, W) seen twice gets a model compiled for it, with N still dynamic (that keeps most of the
+gain of a fully static shape and serves every batch size). At most ``static_sizes`` such models
+are made and never evicted: one-off sizes, such as small whole images, stay on the dynamic model
+and cannot thrash the cache. Each costs a compile (x4plus ~0.5 s, inline in the call that makes
+it) and memory (x4plus ~100 MB: OpenVINO repacks the weights per compiled model).
 
 Every call borrows an infer request from its compiled model's pool (or makes one), so any number
 of threads may call one ``OpenVinoForward`` at once; a request is never shared while it runs.
@@ -40,8 +43,8 @@ log = logging.getLogger(__name__)
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _EXAMPLE_SIDE = 32  # the trace's example input; the converted model takes any N, H and W
-_MAX_SEEN = 1024  # shapes counted towards a static compile before the count starts over
-Shape = tuple[int, int, int, int]
+_MAX_SEEN = 1024  # tile sizes counted towards a compile of their own before the count starts over
+Size = tuple[int, int]  # H, W
 
 
 def available() -> bool:
@@ -144,23 +147,23 @@ class OpenVinoForward:
         *,
         threads: int,
         precision: str,
-        static_shapes: int = 4,
+        static_sizes: int = 2,
         convert_s: float = 0.0,
     ) -> None:
         if precision not in _OV_PRECISION:
             raise InvalidOptionError(f"precision must be fp32 or bf16 here (got {precision!r})")
         self.threads = threads
         self.precision = precision  # fp32 or bf16
-        self.static_shapes = static_shapes
+        self.static_sizes = static_sizes
         self.convert_s = convert_s  # seconds spent in openvino.convert_model
         self.model = model  # the converted openvino.Model (dynamic N/H/W), for more compiles
         started = time.perf_counter()
         self._dynamic = _Compiled(self._compile(model))
         self.compile_s = time.perf_counter() - started  # the dynamic model's compile, seconds
-        self._static: dict[Shape, _Compiled] = {}
-        self._seen: dict[Shape, int] = {}
-        self._compiling: set[Shape] = set()
-        self._no_static: set[Shape] = set()  # shapes whose static compile failed
+        self._static: dict[Size, _Compiled] = {}
+        self._seen: dict[Size, int] = {}
+        self._compiling: set[Size] = set()
+        self._no_static: set[Size] = set()  # sizes whose compile failed
         self._lock = threading.Lock()
 
     def _compile(self, model: Any) -> Any:
@@ -172,7 +175,8 @@ class OpenVinoForward:
         return _core().compile_model(model, "CPU", config)
 
     @property
-    def static_shapes_compiled(self) -> list[Shape]:
+    def static_sizes_compiled(self) -> list[Size]:
+        """The (H, W) input sizes that have a compiled model of their own."""
         with self._lock:
             return list(self._static)
 
@@ -183,41 +187,40 @@ class OpenVinoForward:
         if batch.device.type != "cpu":
             raise InvalidOptionError(f"the OpenVINO backend runs on the CPU, not {batch.device}")
         x = np.ascontiguousarray(batch.detach().to(torch.float32).numpy())
-        n, c, h, w = x.shape
-        return torch.from_numpy(self._compiled_for((n, c, h, w)).run(x))
+        return torch.from_numpy(self._compiled_for((x.shape[2], x.shape[3])).run(x))
 
-    def _compiled_for(self, shape: Shape) -> _Compiled:
+    def _compiled_for(self, size: Size) -> _Compiled:
         with self._lock:
-            found = self._static.get(shape)
+            found = self._static.get(size)
             if found is not None:
                 return found
-            if len(self._static) + len(self._compiling) >= self.static_shapes:
+            if len(self._static) + len(self._compiling) >= self.static_sizes:
                 return self._dynamic
             if len(self._seen) >= _MAX_SEEN:
                 self._seen.clear()
-            self._seen[shape] = seen = self._seen.get(shape, 0) + 1
-            if seen < 2 or shape in self._compiling or shape in self._no_static:
+            self._seen[size] = seen = self._seen.get(size, 0) + 1
+            if seen < 2 or size in self._compiling or size in self._no_static:
                 return self._dynamic
-            self._compiling.add(shape)
-        try:  # compile outside the lock: other shapes (and this one, dynamically) keep running
-            static = self.model.clone()
-            static.reshape({0: list(shape)})
-            compiled = _Compiled(self._compile(static))
+            self._compiling.add(size)
+        try:  # compile outside the lock: other sizes (and this one, dynamically) keep running
+            sized = self.model.clone()
+            sized.reshape({0: [-1, 3, *size]})  # N stays dynamic
+            compiled = _Compiled(self._compile(sized))
         except Exception:
-            log.warning("OpenVINO: no static model for %s; the dynamic one serves it", shape)
+            log.warning("OpenVINO: no model for %dx%d tiles; the dynamic one serves them", *size)
             with self._lock:
-                self._compiling.discard(shape)
-                self._no_static.add(shape)
+                self._compiling.discard(size)
+                self._no_static.add(size)
             return self._dynamic
         with self._lock:
-            self._compiling.discard(shape)
-            self._static[shape] = compiled
-        log.info("OpenVINO: compiled a static model for input %s", shape)
+            self._compiling.discard(size)
+            self._static[size] = compiled
+        log.info("OpenVINO: compiled a model for %dx%d tiles", *size)
         return compiled
 
 
 def compile_for_cpu(
-    module: torch.nn.Module, *, threads: int, precision: str = "fp32", static_shapes: int = 4
+    module: torch.nn.Module, *, threads: int, precision: str = "fp32", static_sizes: int = 2
 ) -> OpenVinoForward:
     """Convert a spandrel image module (3 channels in, 3 out, float32 weights on the CPU) and
     compile it for OpenVINO's CPU device with ``threads`` inference threads.
@@ -227,8 +230,8 @@ def compile_for_cpu(
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidOptionError(f"threads must be a positive integer (got {threads!r})")
-    if static_shapes < 0:
-        raise InvalidOptionError(f"static_shapes must be at least 0 (got {static_shapes})")
+    if static_sizes < 0:
+        raise InvalidOptionError(f"static_sizes must be at least 0 (got {static_sizes})")
     openvino = _openvino()
     resolved = resolve_precision(precision)
     parameter = next(module.parameters(), None)
@@ -262,7 +265,7 @@ def compile_for_cpu(
             model,
             threads=threads,
             precision=resolved,
-            static_shapes=static_shapes,
+            static_sizes=static_sizes,
             convert_s=convert_s,
         )
     except Exception as e:

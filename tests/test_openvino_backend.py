@@ -82,16 +82,17 @@ def test_matches_torch(upscaler: Upscaler, compiled: OpenVinoForward, shape: tup
     assert (got - torch_forward(upscaler, batch)).abs().max().item() < TOLERANCE
 
 
-def test_one_shape_again_and_again_gets_a_static_model(upscaler: Upscaler) -> None:
-    forward = compile_for_cpu(upscaler.module, threads=1, static_shapes=1)
+def test_a_tile_size_seen_twice_gets_a_model_of_its_own(upscaler: Upscaler) -> None:
+    forward = compile_for_cpu(upscaler.module, threads=1, static_sizes=1)
     batch, other = torch.rand(2, 3, 20, 20), torch.rand(1, 3, 12, 14)
-    reference = torch_forward(upscaler, batch)
-    for _ in range(3):  # dynamic, then static (compiled on the second call), then static
-        assert (forward(batch) - reference).abs().max().item() < TOLERANCE
-    assert forward.static_shapes_compiled == [(2, 3, 20, 20)]
-    for _ in range(2):  # the cache is full: other shapes stay on the dynamic model
+    for _ in range(3):  # dynamic, then sized (compiled on the second call), then sized
+        assert (forward(batch) - torch_forward(upscaler, batch)).abs().max().item() < TOLERANCE
+    assert forward.static_sizes_compiled == [(20, 20)]
+    single = batch[:1]  # the same tile size in another batch size: N stays dynamic
+    assert (forward(single) - torch_forward(upscaler, single)).abs().max().item() < TOLERANCE
+    for _ in range(2):  # the cache is full: other sizes stay on the dynamic model
         assert (forward(other) - torch_forward(upscaler, other)).abs().max().item() < TOLERANCE
-    assert forward.static_shapes_compiled == [(2, 3, 20, 20)]
+    assert forward.static_sizes_compiled == [(20, 20)]
 
 
 def test_takes_channels_last_and_non_contiguous_batches(
@@ -108,7 +109,7 @@ def test_takes_channels_last_and_non_contiguous_batches(
 def test_concurrent_callers_each_get_their_own_result(
     upscaler: Upscaler, compiled: OpenVinoForward
 ) -> None:
-    inputs = [torch.rand(1, 3, 24, 24) for _ in range(4)]  # one shape: the static compile races
+    inputs = [torch.rand(1, 3, 24, 24) for _ in range(4)]  # one size: its compile races calls
     inputs += [torch.rand(2, 3, 16, 20) for _ in range(4)]
     expected = [torch_forward(upscaler, x) for x in inputs]
     results: dict[int, list[torch.Tensor]] = {}
