@@ -41,7 +41,9 @@ log = logging.getLogger("ray.serve")
 RESTORER, DETECTOR = "gfpgan-v1.4", "retinaface-r50"
 
 
-@serve.deployment(name="FaceRestorer", max_ongoing_requests=4, health_check_period_s=30)
+@serve.deployment(
+    name="FaceRestorer", max_ongoing_requests=4, max_queued_requests=8, health_check_period_s=30
+)
 class FaceRestorer:
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self,

@@ -141,6 +141,7 @@ class QuotaBook:
     name="Quotas",
     num_replicas=1,
     max_ongoing_requests=1000,
+    max_queued_requests=1000,
     ray_actor_options={"num_cpus": 0},
 )
 class Quotas:

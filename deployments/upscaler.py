@@ -51,7 +51,9 @@ class _TileRequest:
     tile: torch.Tensor
 
 
-@serve.deployment(name="Upscaler", max_ongoing_requests=8, health_check_period_s=30)
+@serve.deployment(
+    name="Upscaler", max_ongoing_requests=8, max_queued_requests=16, health_check_period_s=30
+)
 class Upscaler:
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self,

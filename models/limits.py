@@ -19,6 +19,8 @@ class Limits(BaseModel):
     max_input_pixels: int = Field(default=50_000_000, gt=0, strict=True)
     max_face_input_pixels: int = Field(default=25_000_000, gt=0, strict=True)
     max_output_pixels: int = Field(default=128_000_000, gt=0, strict=True)
+    # An upload that has not fully arrived by then (a client trickling bytes) is refused.
+    upload_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
     def check_bytes(self, size: int) -> None:
         if size > self.max_upload_bytes:

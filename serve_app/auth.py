@@ -6,7 +6,6 @@ running ``KeyRing`` rereads the file when it changes, so a revoked key stops wor
 ``reload_every_s``. ``key_dependency`` is the one FastAPI dependency the ``/v1`` routes share.
 """
 
-
 import hmac
 import logging
 import re

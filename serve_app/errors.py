@@ -133,7 +133,10 @@ def install_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(ApiError(exc.status_code, code, str(exc.detail)), exc.headers)
 
-    @app.exception_handler(Unauthorized)  # raised by the key dependency, before the route
+    # Raised outside a route's own handling (the key dependency, status routes): handled here
+    # by class, so Starlette's server-error middleware never sees (or re-raises) them.
+    @app.exception_handler(Unauthorized)
+    @app.exception_handler(ApiError)
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
         return error_response(to_api_error(exc))

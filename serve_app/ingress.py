@@ -32,6 +32,7 @@ from serve_app.auth import KeyRing, key_dependency
 from serve_app.errors import ApiError, error_response, install_handlers, to_api_error
 from serve_app.keys import Principal
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
+from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
 
 log = logging.getLogger("ray.serve")
@@ -39,9 +40,8 @@ log = logging.getLogger("ray.serve")
 Options = TypeVar("Options", bound=BaseModel)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 429, 503)
 }
-READINESS_TIMEOUT_S = 2.0
 
 
 def _key_ring() -> KeyRing | None:
@@ -77,7 +77,7 @@ def _answer(stored: StoredImage) -> UpscaleResult:
     )
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.deployment(name="Ingress", max_ongoing_requests=256, max_queued_requests=64)
 @serve.ingress(app)
 class Ingress:
     def __init__(
@@ -95,6 +95,7 @@ class Ingress:
         if self.key_ring is None:
             log.warning("API keys are OFF: anyone who reaches this service can use it")
         self._quotas = quotas
+        self._status = LastKnown()
         self._upscaler = upscaler
         self._faces = face_restorer
         self._registry = build_registry(custom_models)
@@ -151,14 +152,15 @@ class Ingress:
 
     @app.get("/v1/models", response_model=list[ModelInfo], dependencies=[Depends(require_key)])
     async def list_models(self) -> list[dict[str, Any]]:
-        models = [dict(m, ready=m["loaded"]) for m in await self._upscaler.models.remote()]
+        upscalers = await self._status.get("upscaler models", self._upscaler.models.remote)
+        models = [dict(m, ready=m["loaded"]) for m in upscalers]
         if self._faces is not None:
-            models += await self._faces.models.remote()
+            models += await self._status.get("face models", self._faces.models.remote)
         return models
 
     @app.get("/v1/stats", dependencies=[Depends(require_key)])
     async def stats(self) -> dict[str, Any]:
-        return {"upscaler": await self._upscaler.stats.remote()}
+        return {"upscaler": await self._status.get("upscaler stats", self._upscaler.stats.remote)}
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -167,7 +169,11 @@ class Ingress:
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
         checks: dict[str, Any] = {}
-        models = {m["name"]: m for m in await self._upscaler.models.remote()}
+        try:
+            upscalers = await self._status.get("upscaler models", self._upscaler.models.remote)
+        except ApiError:
+            upscalers = []
+        models = {m["name"]: m for m in upscalers}
         default = models.get(self._default_model, {})
         checks["default_model"] = {
             "name": self._default_model,
@@ -183,11 +189,9 @@ class Ingress:
             checks["storage"] = {"ready": False, "error": "result storage is unavailable"}
         if self._faces is not None:
             try:  # a FaceRestorer still fetching weights must not stall readiness probes
-                faces = await asyncio.wait_for(
-                    self._faces.models.remote(), timeout=READINESS_TIMEOUT_S
-                )
+                faces = await self._status.get("face models", self._faces.models.remote)
                 checks["face"] = {m["name"]: m["ready"] for m in faces}
-            except TimeoutError:
+            except ApiError:
                 checks["face"] = "starting"
         ready = checks["default_model"]["ready"] and checks["storage"]["ready"]
         headers = None if ready else {"Retry-After": "5"}
@@ -205,7 +209,10 @@ class Ingress:
         """The quota is taken before the body is read; every failure becomes its JSON error."""
         try:
             async with self._quota(caller):
-                data, options = await read_upload(request, options, self._limits.max_upload_bytes)
+                limits = self._limits
+                data, options = await read_upload(
+                    request, options, limits.max_upload_bytes, limits.upload_timeout_s
+                )
                 result = await run(data, options)
         except Exception as exc:
             return error_response(to_api_error(exc))

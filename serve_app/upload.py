@@ -5,6 +5,7 @@ OpenAPI description of that body, derived from the operation's options model.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
@@ -39,13 +40,25 @@ def request_body(options: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-async def read_upload(request: Request, query: Options, max_bytes: int) -> tuple[bytes, Options]:
+async def read_upload(
+    request: Request, query: Options, max_bytes: int, timeout_s: float
+) -> tuple[bytes, Options]:
     """The image bytes and the options: ``query`` (already validated) merged with form fields.
 
-    Raises ApiError: 413 over ``max_bytes``, 400 for malformed multipart or a missing ``file``,
-    422 for a bad or unknown form field or one also given in the query string, 400/415 when the
-    bytes are empty or not an image.
+    Raises ApiError: 413 over ``max_bytes``, 408 when the body takes longer than ``timeout_s`` to
+    arrive, 400 for malformed multipart or a missing ``file``, 422 for a bad or unknown form field
+    or one also given in the query string, 400/415 when the bytes are empty or not an image.
     """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, query, max_bytes)
+    except TimeoutError:
+        raise ApiError(
+            408, "upload_timeout", f"the upload did not arrive within {timeout_s:g} s"
+        ) from None
+
+
+async def _read(request: Request, query: Options, max_bytes: int) -> tuple[bytes, Options]:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         data = b"".join([c async for c in _limited(request, max_bytes)])

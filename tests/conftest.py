@@ -36,6 +36,7 @@ TEST_LIMITS = {
     "max_input_pixels": 1_000_000,
     "max_face_input_pixels": 1_000_000,
     "max_output_pixels": 20_000_000,
+    "upload_timeout_s": 3.0,
 }
 
 

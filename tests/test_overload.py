@@ -1,0 +1,90 @@
+"""Overload is answered fast: bounded queues, 503 + Retry-After for the excess, health unaffected."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.test_api import encode, noise
+
+pytestmark = pytest.mark.serve
+
+ONGOING, QUEUED, EXTRA = 1, 1, 4
+
+
+@pytest.fixture(scope="module")
+def slow_app(serve_app, tiny_weights) -> Iterator[str]:
+    """One Upscaler replica that takes one request at a time and queues one more; 16-px tiles
+    one per forward pass make each request take a while."""
+    from ray import serve
+
+    from serve_app.app import AppArgs, build
+
+    args = AppArgs(
+        default_model="tiny-x4",
+        models=[],
+        preload=["tiny-x4"],
+        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
+        face_enhance=False,
+    )
+    options = {
+        "Upscaler": {
+            "max_ongoing_requests": ONGOING,
+            "max_queued_requests": QUEUED,
+            "user_config": {"tile": 16, "max_batch_size": 1, "batch_wait_timeout_s": 0},
+        }
+    }
+    serve.run(build(args, serve_app.settings, options), name="slow", route_prefix="/slow")
+    yield f"{serve_app.url}/slow"
+    serve.delete("slow")
+
+
+def timed(method: str, url: str, **kwargs: object) -> tuple[httpx.Response, float]:
+    started = time.perf_counter()
+    response = httpx.request(method, url, timeout=120, **kwargs)  # type: ignore[arg-type]
+    return response, time.perf_counter() - started
+
+
+def test_the_excess_gets_a_fast_503_and_health_stays_fast(slow_app: str) -> None:
+    image = encode(noise(160, 160))
+    assert httpx.get(f"{slow_app}/readyz").status_code == 200  # probes poll from the start
+    alone, single = timed("POST", f"{slow_app}/v1/upscale", content=image)
+    assert alone.status_code == 200, alone.text
+    with ThreadPoolExecutor(ONGOING + QUEUED + EXTRA + 2) as pool:
+        work = [
+            pool.submit(timed, "POST", f"{slow_app}/v1/upscale", content=image)
+            for _ in range(ONGOING + QUEUED + EXTRA)
+        ]
+        time.sleep(0.3)
+        health = [pool.submit(timed, "GET", f"{slow_app}/{p}") for p in ("healthz", "readyz")]
+        results = [f.result() for f in work]
+        probes = [f.result() for f in health]
+    statuses = sorted(r.status_code for r, _ in results)
+    refused = [(r, s) for r, s in results if r.status_code == 503]
+    assert len(refused) >= EXTRA, statuses
+    assert statuses.count(200) >= ONGOING, statuses
+    for response, seconds in refused:
+        assert response.json()["error"]["code"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1
+        assert seconds < single, f"a refusal took {seconds:.2f} s, a whole request {single:.2f} s"
+    for response, seconds in probes:
+        assert response.status_code == 200, response.text
+        assert seconds < 2.0
+    again, _ = timed("POST", f"{slow_app}/v1/upscale", content=image)
+    assert again.status_code == 200, again.text
+
+
+def test_a_trickling_upload_hits_its_deadline(serve_app) -> None:
+    def trickle() -> Iterator[bytes]:
+        yield encode(noise(8, 8))[:20]
+        time.sleep(5)  # longer than TEST_LIMITS' upload_timeout_s
+        yield b"\0" * 10
+
+    started = time.perf_counter()
+    r = httpx.post(f"{serve_app.url}/v1/upscale", content=trickle(), timeout=60)
+    assert (r.status_code, r.json()["error"]["code"]) == (408, "upload_timeout")
+    assert time.perf_counter() - started < 10
