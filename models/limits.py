@@ -22,6 +22,29 @@ class Limits(BaseModel):
     # An upload that has not fully arrived by then (a client trickling bytes) is refused.
     upload_timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
+    def peak_request_bytes(self, *, face: bool = False, canvas_on_device: bool = False) -> int:
+        """Host memory one request may hold at these limits, at its peak (worst case: 16-bit RGBA,
+        a result as large as the canvas). Per pixel of each size, in bytes:
+
+        * upload: the bytes in the request and in the replica (2 x ``max_upload_bytes``);
+        * input (``max_input_pixels``): decoded 16-bit RGBA (8), widened to int32 (16), and, when
+          the canvas is on the host, the float planes the tiles are cut from (16);
+        * canvas (``max_output_pixels``, the network's output): the host copy of the quantised
+          result (12), and, on the host, colour and alpha canvases, float32 3-channel each (24)
+          plus the float and int32 copies quantising makes (24);
+        * result (``max_output_pixels``): resized 16-bit RGBA (8), encoding's sample, filter and
+          zlib buffers (24).
+        """
+        pixels = self.max_face_input_pixels if face else self.max_input_pixels
+        host_planes = 0 if canvas_on_device else 16
+        host_canvas = 0 if canvas_on_device else 24 + 24
+        upload = 2 * self.max_upload_bytes
+        return (
+            upload
+            + pixels * (8 + 16 + host_planes)
+            + self.max_output_pixels * (12 + host_canvas + 8 + 24)
+        )
+
     def check_bytes(self, size: int) -> None:
         if size > self.max_upload_bytes:
             raise ImageTooLargeError(

@@ -279,8 +279,8 @@ def test_serve_config_checks_catch_what_ray_ignores_or_rejects(
     )
     assert bad_range.startswith(f"{up}: ")
     assert "max_replicas" in bad_range
-    assert problems_after(lambda c: _deployment(c, "Upscaler").update(max_ongoing_requests=4)) == [
-        f"{up}: target_ongoing_requests 8.0 is above max_ongoing_requests 4: "
+    assert problems_after(lambda c: _deployment(c, "Upscaler").update(max_ongoing_requests=2)) == [
+        f"{up}: target_ongoing_requests 4.0 is above max_ongoing_requests 2: "
         "the deployment would never scale up"
     ]
     (wrong_type,) = problems_after(lambda c: _deployment(c, "Ingress").update(num_replicas="many"))
