@@ -29,6 +29,7 @@ from deployments.payload import Payload, unpack
 from models import pipeline
 from models.compiled import compile_upscaler, warm_up
 from models.errors import InvalidOptionError, ModelError, UnknownModelError, public_reason
+from models.fallback import forward_or_split
 from models.image import Image
 from models.inference import upscale_image_async
 from models.limits import Limits
@@ -162,7 +163,9 @@ class Upscaler:
             for first in range(0, len(members), per_pass):
                 indices = members[first : first + per_pass]
                 batch = torch.stack([requests[i].tile for i in indices])
-                result = await asyncio.to_thread(network.forward, batch)
+                result = await asyncio.to_thread(
+                    forward_or_split, network.forward, batch, scale=network.scale
+                )
                 for i, out in zip(indices, result, strict=True):
                     outputs[i] = out
                 self._batches[len(indices)] += 1
