@@ -14,8 +14,9 @@ Decisions:
 * 16-bit images written as JPEG or WebP are reduced to 8-bit; gray images written as WebP become RGB
   (WebP has no gray mode). Alpha to JPEG is refused rather than flattened.
 * The EXIF orientation is applied to the pixels and EXIF is not written back (it would rotate twice;
-  it also drops location data). The ICC profile is kept, except a CMYK one: CMYK is converted to RGB
-  without colour management, so its profile no longer describes the pixels.
+  it also drops location data). The ICC profile is kept, except a CMYK one (CMYK is converted to RGB
+  without colour management, so its profile no longer describes the pixels) and one over
+  ``MAX_ICC_BYTES``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ from models.limits import Limits
 # zlib level for PNG. On a 2048² upscaled photo: level 6 (Pillow's default) 2.8 s / 3.55 MB,
 # level 3 0.9 s / 3.93 MB, level 1 0.5 s / 4.2 MB. Outputs are large, so encode time matters more.
 PNG_COMPRESS_LEVEL = 1
+
+# Real colour profiles are a few KB (sRGB 3 KB; large camera/printer profiles under 1 MB); larger
+# ones are dropped, or a tiny image could carry megabytes into every result.
+MAX_ICC_BYTES = 1 << 20
 
 _PILLOW_NAMES = {f: f.upper() for f in INPUT_FORMATS}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,6 +155,8 @@ def decode_pixels(data: bytes, header: ImageHeader) -> Image:
         pil = PILImage.open(io.BytesIO(data), formats=[_PILLOW_NAMES[fmt]])
     with pil, _pillow_errors(fmt):
         icc = pil.info.get("icc_profile") or None
+        if icc is not None and len(icc) > MAX_ICC_BYTES:
+            icc = None  # a profile this large is not a colour profile but a payload riding along
         if fmt == "png" and _png_bit_depth_and_type(data) in ((16, 2), (16, 4), (16, 6)):
             color, alpha = _decode_png16_color(data, pil.width, pil.height)
             # eXIf after the pixel data is only seen by decoding with Pillow: ignored on this path.

@@ -24,7 +24,7 @@ from models.errors import (
 )
 from models.formats import content_type, normalize_format, sniff_format
 from models.image import Image
-from models.imageio import decode_image, encode_image, read_header
+from models.imageio import MAX_ICC_BYTES, decode_image, encode_image, read_header
 from models.limits import Limits
 
 RNG = np.random.default_rng(1234)
@@ -552,3 +552,22 @@ def test_header_is_read_without_decoding(
 def test_limits_must_be_positive_integers(bad: object) -> None:
     with pytest.raises(ValueError, match="max_input_pixels"):
         Limits(max_input_pixels=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "JPEG"])
+def test_an_oversized_icc_profile_is_dropped(fmt: str) -> None:
+    huge = SRGB + b"\0" * (MAX_ICC_BYTES + 1)
+    data = _save(PILImage.fromarray(_u8(2, 2, 3)), fmt, icc_profile=huge)
+    image = decode_image(data)
+    assert image.icc_profile is None
+    assert len(encode_image(image, "png")) < 10_000  # the result does not carry it either
+    kept = decode_image(_save(PILImage.fromarray(_u8(2, 2, 3)), fmt, icc_profile=SRGB))
+    assert kept.icc_profile == SRGB
+
+
+def test_a_png_with_an_oversized_icc_profile_is_refused_by_name() -> None:
+    # Pillow will not inflate an iCCP chunk over 1 MB (PngImagePlugin.MAX_TEXT_CHUNK)
+    huge = SRGB + b"\0" * (MAX_ICC_BYTES + 1)
+    data = _save(PILImage.fromarray(_u8(2, 2, 3)), "PNG", icc_profile=huge)
+    with pytest.raises(CorruptImageError):
+        decode_image(data)
