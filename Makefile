@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export RAY_TMPDIR ?= $(CURDIR)/.run/ray
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-faces manifests clean
+.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-faces bench-gpu manifests clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-serve: venv ## HTTP through Serve vs in-process calls; batching on vs off
 
 bench-faces: venv ## face restoration pipeline: faces/s and share of time per stage
 	$(PY) bench/faces.py
+
+bench-gpu: venv ## GPU table: module vs served, compiled, seams, faces/s (cpu: make bench-gpu ARGS='--device cpu --quick')
+	$(PY) bench/gpu.py $(ARGS)
 
 manifests: venv ## regenerate configs/serve_config.gpu.yaml and the k8s manifests
 	$(PY) k8s/generate.py
