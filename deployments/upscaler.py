@@ -64,6 +64,7 @@ class Upscaler:
         custom_models: list[CustomModel],
         precision: str = "auto",
         compile: str = "auto",
+        backend: str = "auto",
     ) -> None:
         """``compile``: "on", "off", or "auto" (on with CUDA): the preloaded models run compiled
         for fixed shapes, warmed here and in ``reconfigure`` before the replica serves."""
@@ -75,6 +76,7 @@ class Upscaler:
             settings.weights_store(),
             device=pick_device(settings.device),
             precision=precision,
+            backend=backend,
         )
         self._device = self._provider.device
         if self._device.type == "cpu":  # torch's threads follow the CPUs Ray gave this replica
@@ -251,6 +253,7 @@ class Upscaler:
                     "loaded": bool(ids),
                     "status": status,
                     "weights_source": loaded[ids[0]].origin if ids else None,
+                    "backend": loaded[ids[0]].upscaler.backend if ids else None,
                     "error": errors[0] if errors and not ids else None,
                 }
             )

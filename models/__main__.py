@@ -14,7 +14,7 @@ from models.errors import SuperResError
 from models.image import Image
 from models.inference import Placement, upscale_image
 from models.limits import Limits
-from models.loading import PRECISIONS, memory_budget
+from models.loading import BACKENDS, PRECISIONS, memory_budget
 from models.options import UpscaleOptions
 from models.provider import ModelProvider
 from models.registry import Registry, variant_id
@@ -42,7 +42,9 @@ def fetch(args: argparse.Namespace) -> int:
 
 
 def upscale(args: argparse.Namespace) -> int:
-    provider = ModelProvider(Registry(), _store(args), precision=args.precision)
+    provider = ModelProvider(
+        Registry(), _store(args), precision=args.precision, backend=args.backend
+    )
     spec = provider.upscale_spec(args.model)
     options = UpscaleOptions(
         model=args.model,
@@ -65,7 +67,7 @@ def upscale(args: argparse.Namespace) -> int:
         network = loaded.upscaler
         print(f"model {args.model}: weights from {loaded.source}")
         print(
-            f"device {network.device}, precision {network.precision}, loaded in "
+            f"device {network.device}, {network.backend}, precision {network.precision}, loaded in "
             f"{time.perf_counter() - started:.1f} s"
         )
 
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--pad", type=int, default=None, help="context pad; default: from --tile")
     p_up.add_argument("--blend", type=int, default=None, help="cross-fade; default: from --tile")
     p_up.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p_up.add_argument("--backend", choices=BACKENDS, default="auto")
     p_up.add_argument("--format", choices=("png", "jpeg", "webp"), default=None)
     p_up.add_argument("--quality", type=int, default=None)
     p_up.add_argument("--denoise", type=float, default=None, help="realesr-general-x4v3: 0-1")

@@ -35,7 +35,10 @@ def batch_buckets(max_batch: int) -> list[int]:
 
 def compile_upscaler(upscaler: Upscaler, *, cache_dir: Path | None = None) -> Upscaler:
     """The same model with a compiled module that sees only fixed shapes. ``cache_dir`` keeps the
-    compiled kernels across restarts (set once per process, before the first compilation)."""
+    compiled kernels across restarts (set once per process, before the first compilation).
+    A model on another backend (OpenVINO compiles its own) is returned as it is."""
+    if upscaler.runner is not None:
+        return upscaler
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault(CACHE_ENV, str(cache_dir))

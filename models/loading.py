@@ -8,9 +8,11 @@ unpickle. What the model needs at run time (scale, size multiple, precision) end
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 
+from models import openvino_backend
 from models.errors import InvalidOptionError, UnsupportedModelError
 from models.registry import ModelSpec
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,6 +115,8 @@ class Upscaler:
     bytes_per_pixel: int = 0  # activation memory per input pixel (see activation_bytes_per_pixel)
     # Compiled for fixed shapes (models.compiled): batches are padded to a power of two.
     fixed_shapes: bool = False
+    backend: str = "torch"  # or "openvino": then ``runner`` replaces ``module`` (CPU only)
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def _padding(self, size: int) -> int:
         target = max(size, self.minimum)
@@ -130,7 +136,9 @@ class Upscaler:
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
         x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp16":
+        if self.runner is not None:  # its precision is compiled in
+            y = self.runner(x)
+        elif self.precision == "fp16":
             y = self.module(x.half())
         elif self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -176,11 +184,15 @@ def load_upscaler(
     precision: str = "auto",
     denoise_weights: Path | None = None,
     denoise: float | None = None,
+    backend: str = "auto",
 ) -> Upscaler:
     """Build an ``Upscaler`` from a verified weights file (see ``models.weights``).
 
     For models with a denoise twin (realesr-general-x4v3) ``denoise`` in [0, 1] blends the two
-    networks: 1 keeps all of the general model's denoising, 0 none of it.
+    networks: 1 keeps all of the general model's denoising, 0 none of it. ``backend``: "torch",
+    "openvino" (CPU only), or "auto": OpenVINO on the CPU when it is installed (measured here
+    1.2-1.9x torch on x4plus, level on the compact models), falling back to torch if it cannot
+    convert the model.
     """
     device = device or pick_device()
     state = read_state_dict(weights)
@@ -221,7 +233,7 @@ def load_upscaler(
         device,
         resolved,
     )
-    return Upscaler(
+    upscaler = Upscaler(
         name=spec.name,
         architecture=descriptor.architecture.name,
         scale=descriptor.scale,
@@ -232,3 +244,26 @@ def load_upscaler(
         minimum=descriptor.size_requirements.minimum,
         bytes_per_pixel=bytes_per_pixel,
     )
+    return _with_backend(upscaler, backend, threads=torch.get_num_threads())
+
+
+def _with_backend(upscaler: Upscaler, backend: str, *, threads: int) -> Upscaler:
+    if backend not in BACKENDS:
+        raise InvalidOptionError(f"backend must be one of {', '.join(BACKENDS)}")
+    on_cpu = upscaler.device.type == "cpu"
+    if backend == "torch" or (backend == "auto" and not (on_cpu and openvino_backend.available())):
+        return upscaler
+    if not on_cpu:
+        raise InvalidOptionError("the openvino backend runs on the CPU; use torch on a GPU")
+    precision = "fp32" if upscaler.precision == "fp32" else "bf16"
+    try:
+        runner = openvino_backend.compile_for_cpu(
+            upscaler.module, threads=threads, precision=precision
+        )
+    except UnsupportedModelError as e:
+        if backend == "openvino":
+            raise
+        log.warning("%s: OpenVINO cannot run it (%s); using torch", upscaler.name, e)
+        return upscaler
+    log.info("%s runs on OpenVINO (%s, %d threads)", upscaler.name, precision, threads)
+    return dataclasses.replace(upscaler, backend="openvino", runner=runner)

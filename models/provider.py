@@ -43,11 +43,13 @@ class ModelProvider:
         *,
         device: torch.device | None = None,
         precision: str = "auto",
+        backend: str = "auto",
     ) -> None:
         self.registry = registry
         self.store = store
         self.device = device or pick_device()
         self.precision = precision
+        self.backend = backend
 
     def upscale_spec(self, name: str) -> ModelSpec:
         spec = self.registry.get(name)
@@ -73,6 +75,7 @@ class ModelProvider:
             precision=self.precision,
             denoise_weights=weights[1].path if len(weights) > 1 else None,
             denoise=denoise,
+            backend=self.backend,
         )
         loaded = LoadedModel(upscaler, weights)
         log.info("model %s ready; weights from %s", model_id, loaded.source)

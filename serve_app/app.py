@@ -44,6 +44,9 @@ class AppArgs(BaseModel):
     # Preloaded models compiled for fixed shapes (torch.compile), warmed before the replica is
     # ready: "auto" = on with CUDA (1.59x on an H200), off on CPUs (where it pays little).
     compile: Literal["auto", "on", "off"] = "auto"
+    # CPU inference: "auto" = OpenVINO on CPUs when installed (1.2-1.9x torch on x4plus,
+    # bench/openvino_cpu.py), torch on GPUs.
+    backend: Literal["auto", "torch", "openvino"] = "auto"
     face_enhance: bool = True
     # Other files for the face models (keys: gfpgan-v1.4, retinaface-r50), always pinned.
     face_weights: dict[str, WeightsOverride] = Field(default_factory=dict)
@@ -96,6 +99,7 @@ def build(
         custom_models=args.custom_models,
         precision=args.precision,
         compile=args.compile,
+        backend=args.backend,
     )
     faces = None
     if args.face_enhance:

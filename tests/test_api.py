@@ -384,6 +384,7 @@ def test_a_compiled_upscaler_serves_the_same_pixels(serve_app, tiny_weights) -> 
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
         compile="on",
+        backend="torch",
     )
     config = {"tile": 32, "max_batch_size": 2, "batch_wait_timeout_s": 0.01}
     serve.run(

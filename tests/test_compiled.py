@@ -25,7 +25,7 @@ def eager(tmp_path_factory: pytest.TempPathFactory) -> Upscaler:
     path = tmp_path_factory.mktemp("tiny") / "tiny-x2.safetensors"
     sha = save_tiny_compact(path, scale=2)
     return load_upscaler(
-        user_model_spec("tiny", sha256=sha, path=str(path)), path, precision="fp32"
+        user_model_spec("tiny", sha256=sha, path=str(path)), path, precision="fp32", backend="torch"
     )
 
 

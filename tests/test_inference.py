@@ -354,3 +354,29 @@ def test_activation_bytes_per_pixel_grow_with_the_network() -> None:
         Compact(num_feat=8, num_conv=2, upscale=2).eval(), dtype_bytes=2
     )
     assert small < wide and small < x4 and half * 2 == small
+
+
+def test_the_openvino_backend_serves_the_same_pixels(tmp_path) -> None:
+    pytest.importorskip("openvino")
+    from models.loading import load_upscaler
+    from models.registry import user_model_spec
+    from tests.tiny_models import save_tiny_rrdb
+
+    path = tmp_path / "tiny-rrdb.pth"
+    spec = user_model_spec("tiny", sha256=save_tiny_rrdb(path, scale=2), path=str(path))
+    torch_net = load_upscaler(spec, path, precision="fp32", backend="torch")
+    ov_net = load_upscaler(spec, path, precision="fp32", backend="openvino")
+    auto_net = load_upscaler(spec, path, precision="fp32", backend="auto")
+    assert (torch_net.backend, ov_net.backend, auto_net.backend) == (
+        "torch",
+        "openvino",
+        "openvino",
+    )
+    image = Image(_pixels(40, 52, 3, seed=22))
+    results = [
+        upscale_image(image, net.forward, scale=2, tile=SMALL_TILE).color
+        for net in (torch_net, ov_net)
+    ]
+    _close(results[0], results[1], atol=1)
+    with pytest.raises(InvalidOptionError, match="backend must be one of"):
+        load_upscaler(spec, path, backend="tensorrt")
