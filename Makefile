@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export RAY_TMPDIR ?= $(CURDIR)/.run/ray
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-faces bench-gpu manifests clean
+.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-load bench-faces bench-gpu manifests clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-openvino: venv ## OpenVINO vs torch vs ncnn on CPU: s/tile, ratio, max |Δ
 
 bench-serve: venv ## HTTP through Serve vs in-process calls; batching on vs off
 	$(PY) bench/serve_e2e.py
+
+bench-load: venv ## bounded loopback load: steady, burst past capacity, health, recovery (ARGS=--quick)
+	$(PY) bench/load.py $(ARGS)
 
 bench-faces: venv ## face restoration pipeline: faces/s and share of time per stage
 	$(PY) bench/faces.py
