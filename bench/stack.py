@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run"
+if str(REPO) not in sys.path:  # devtools/ and tests/ are not installed; the benches import them
+    sys.path.insert(0, str(REPO))
 
 PlanT = TypeVar("PlanT")
 

@@ -24,8 +24,9 @@ from deployments.config import CustomModel, FaceConfig, build_registry
 from deployments.payload import Payload, unpack
 from models import pipeline
 from models.errors import ModelError, ModelNotReadyError, public_reason
-from models.face import FaceDetector, load_gfpgan, load_retinaface
-from models.face.types import RestoreFn
+from models.face.detect import load_retinaface
+from models.face.restore import load_gfpgan
+from models.face.types import FaceDetector, RestoreFn
 from models.image import Image
 from models.limits import Limits
 from models.loading import pick_device

@@ -89,7 +89,9 @@ class TiledJob:
         row, col = divmod(index, len(self._xs))
         sy, sx = self._sy[row], self._sx[col]
         y0, x0 = self._ys[row] * self.scale, self._xs[col] * self.scale
-        part = output[:, sy, sx].to(self._canvas.device, torch.float32, non_blocking=True)
+        # non_blocking only between devices: a device-to-host copy would land after the read below
+        on_host = self._canvas.device.type == "cpu"
+        part = output[:, sy, sx].to(self._canvas.device, torch.float32, non_blocking=not on_host)
         weight = self._wy[row][sy, None] * self._wx[col][None, sx]
         region = self._canvas[:, y0 + sy.start : y0 + sy.stop, x0 + sx.start : x0 + sx.stop]
         region.addcmul_(part, weight)

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -49,7 +50,9 @@ from models.formats import (
     sniff_format,
 )
 from models.image import Image
-from models.limits import Limits
+
+if TYPE_CHECKING:
+    from models.limits import Limits
 
 # zlib level for PNG. On a 2048² upscaled photo: level 6 (Pillow's default) 2.8 s / 3.55 MB,
 # level 3 0.9 s / 3.93 MB, level 1 0.5 s / 4.2 MB. Outputs are large, so encode time matters more.
@@ -141,7 +144,10 @@ def decode_image(data: bytes, limits: Limits | None = None, *, face: bool = Fals
 
     Raises what ``read_header`` raises, and ImageTooLargeError over a limit.
     """
-    limits = limits or Limits()
+    if limits is None:
+        from models.limits import Limits  # pydantic: only when no limits are given
+
+        limits = Limits()
     limits.check_bytes(len(data))
     header = read_header(data)
     limits.check_input(header.width, header.height, face=face)

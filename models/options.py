@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.face.types import DEFAULT_MAX_FACES
+
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 DEFAULT_FACE_SCALE = 2.0  # GFPGAN's own default upscale
-DEFAULT_MAX_FACES = 10
 MAX_FACES = 100
 NO_BACKGROUND_MODEL = "none"
 

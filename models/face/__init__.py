@@ -5,33 +5,37 @@ Typical use::
     detector = load_retinaface(det_path, device)
     restore = load_gfpgan(gfpgan_path, device)
     result = restore_faces(color, detector, restore, background)  # or the three stages separately
+
+The names below load on first use (PEP 562), so ``models.face.types`` (torch-free) can be
+imported without importing torch.
 """
 
-from models.face.detect import RetinaFaceDetector, load_retinaface
-from models.face.pipeline import (
-    FaceJob,
-    FaceRestoreResult,
-    paste_faces,
-    prepare_faces,
-    resize_background,
-    restore_faces,
-)
-from models.face.restore import load_gfpgan, make_restore_fn
-from models.face.types import FACE_SIZE, DetectedFace, FaceDetector, RestoreFn
+from __future__ import annotations
 
-__all__ = [
-    "FACE_SIZE",
-    "DetectedFace",
-    "FaceDetector",
-    "FaceJob",
-    "FaceRestoreResult",
-    "RestoreFn",
-    "RetinaFaceDetector",
-    "load_gfpgan",
-    "load_retinaface",
-    "make_restore_fn",
-    "paste_faces",
-    "prepare_faces",
-    "resize_background",
-    "restore_faces",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "RetinaFaceDetector": "detect",
+    "load_retinaface": "detect",
+    "FaceJob": "pipeline",
+    "FaceRestoreResult": "pipeline",
+    "paste_faces": "pipeline",
+    "prepare_faces": "pipeline",
+    "resize_background": "pipeline",
+    "restore_faces": "pipeline",
+    "load_gfpgan": "restore",
+    "make_restore_fn": "restore",
+    "FACE_SIZE": "types",
+    "DetectedFace": "types",
+    "FaceDetector": "types",
+    "RestoreFn": "types",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
