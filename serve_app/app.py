@@ -51,6 +51,8 @@ class AppArgs(BaseModel):
     # Other files for the face models (keys: gfpgan-v1.4, retinaface-r50), always pinned.
     face_weights: dict[str, WeightsOverride] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
+    # Image requests one Ingress replica works on at once; more get 503 before being read.
+    max_in_flight: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":
@@ -122,4 +124,5 @@ def build(
         custom_models=args.custom_models,
         limits=args.limits,
         quotas=quotas,
+        max_in_flight=args.max_in_flight,
     )

@@ -32,7 +32,7 @@ log = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 5
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: raising sets __traceback__ on the instance
 class ApiError(Exception):
     """An error already expressed in HTTP terms (raised by the ingress itself)."""
 

@@ -9,7 +9,7 @@ options models as the HTTP routes.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, TypeVar
 
@@ -89,8 +89,13 @@ class Ingress:
         custom_models: list[CustomModel],
         limits: Limits,
         quotas: DeploymentHandle | None = None,
+        max_in_flight: int = 32,
     ) -> None:
-        """``quotas``: the ``Quotas`` deployment, when API keys are on (``settings.api_keys_file``)."""
+        """``quotas``: the ``Quotas`` deployment, when API keys are on (``settings.api_keys_file``);
+        ``max_in_flight``: image requests this replica works on at once; more are refused with
+        503 before their upload is read."""
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self.key_ring = KeyRing.load(settings.api_keys_file) if settings.api_keys_file else None
         if self.key_ring is None:
             log.warning("API keys are OFF: anyone who reaches this service can use it")
@@ -168,34 +173,45 @@ class Ingress:
 
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        checks: dict[str, Any] = {}
+        """Default model loaded and storage reachable; each check bounded by the status timeout,
+        all at once, so the probe answers within a second however busy the replicas are."""
+        model, storage, faces = await asyncio.gather(
+            self._model_check(), self._storage_check(), self._face_check()
+        )
+        checks: dict[str, Any] = {"default_model": model, "storage": storage}
+        if faces is not None:
+            checks["face"] = faces
+        ready = model["ready"] and storage["ready"]
+        headers = None if ready else {"Retry-After": "5"}
+        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, headers)
+
+    async def _model_check(self) -> dict[str, Any]:
         try:
             upscalers = await self._status.get("upscaler models", self._upscaler.models.remote)
         except ApiError:
             upscalers = []
-        models = {m["name"]: m for m in upscalers}
-        default = models.get(self._default_model, {})
-        checks["default_model"] = {
-            "name": self._default_model,
-            "ready": bool(default.get("loaded")),
-        }
-        if not default.get("loaded"):
-            checks["default_model"]["error"] = default.get("error") or "not loaded yet"
+        default = {m["name"]: m for m in upscalers}.get(self._default_model, {})
+        check = {"name": self._default_model, "ready": bool(default.get("loaded"))}
+        if not check["ready"]:
+            check["error"] = default.get("error") or "not loaded yet"
+        return check
+
+    async def _storage_check(self) -> dict[str, Any]:
         try:
-            await asyncio.to_thread(self._store.ensure_bucket)
-            checks["storage"] = {"ready": True}
+            await self._status.get("storage", lambda: asyncio.to_thread(self._store.ensure_bucket))
         except Exception as exc:
             log.warning("readiness: storage: %s", exc)
-            checks["storage"] = {"ready": False, "error": "result storage is unavailable"}
-        if self._faces is not None:
-            try:  # a FaceRestorer still fetching weights must not stall readiness probes
-                faces = await self._status.get("face models", self._faces.models.remote)
-                checks["face"] = {m["name"]: m["ready"] for m in faces}
-            except ApiError:
-                checks["face"] = "starting"
-        ready = checks["default_model"]["ready"] and checks["storage"]["ready"]
-        headers = None if ready else {"Retry-After": "5"}
-        return JSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503, headers)
+            return {"ready": False, "error": "result storage is unavailable"}
+        return {"ready": True}
+
+    async def _face_check(self) -> dict[str, bool] | str | None:
+        if self._faces is None:
+            return None
+        try:  # a FaceRestorer still fetching weights must not stall readiness probes
+            faces = await self._status.get("face models", self._faces.models.remote)
+        except ApiError:
+            return "starting"
+        return {m["name"]: m["ready"] for m in faces}
 
     # --- shared ---------------------------------------------------------------------------------
 
@@ -208,7 +224,7 @@ class Ingress:
     ) -> Response:
         """The quota is taken before the body is read; every failure becomes its JSON error."""
         try:
-            async with self._quota(caller):
+            async with self._admitted(), self._quota(caller):
                 limits = self._limits
                 data, options = await read_upload(
                     request, options, limits.max_upload_bytes, limits.upload_timeout_s
@@ -217,6 +233,16 @@ class Ingress:
         except Exception as exc:
             return error_response(to_api_error(exc))
         return JSONResponse(result.model_dump(mode="json"))
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        if self._in_flight >= self._max_in_flight:
+            raise ApiError(503, "overloaded", "this ingress is at capacity; try again later", 1)
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     def _quota(self, caller: Principal) -> AbstractAsyncContextManager[object]:
         if caller.limits is None or self._quotas is None:

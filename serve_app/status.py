@@ -18,7 +18,7 @@ from serve_app.errors import ApiError
 
 log = logging.getLogger("ray.serve")
 
-STATUS_TIMEOUT_S = 1.0
+STATUS_TIMEOUT_S = 0.5
 
 
 class LastKnown:

@@ -16,20 +16,20 @@ pytestmark = pytest.mark.serve
 ONGOING, QUEUED, EXTRA = 1, 1, 4
 
 
-@pytest.fixture(scope="module")
-def slow_app(serve_app, tiny_weights) -> Iterator[str]:
-    """One Upscaler replica that takes one request at a time and queues one more; 16-px tiles
-    one per forward pass make each request take a while."""
+def deploy_slow(serve_app, tiny_weights, name: str, **args: object) -> str:
+    """An app whose one Upscaler replica takes one request at a time and queues one more; 16-px
+    tiles one per forward pass make each request take a while."""
     from ray import serve
 
     from serve_app.app import AppArgs, build
 
-    args = AppArgs(
+    app_args = AppArgs(
         default_model="tiny-x4",
         models=[],
         preload=["tiny-x4"],
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
+        **args,  # type: ignore[arg-type]
     )
     options = {
         "Upscaler": {
@@ -38,8 +38,15 @@ def slow_app(serve_app, tiny_weights) -> Iterator[str]:
             "user_config": {"tile": 16, "max_batch_size": 1, "batch_wait_timeout_s": 0},
         }
     }
-    serve.run(build(args, serve_app.settings, options), name="slow", route_prefix="/slow")
-    yield f"{serve_app.url}/slow"
+    serve.run(build(app_args, serve_app.settings, options), name=name, route_prefix=f"/{name}")
+    return f"{serve_app.url}/{name}"
+
+
+@pytest.fixture(scope="module")
+def slow_app(serve_app, tiny_weights) -> Iterator[str]:
+    from ray import serve
+
+    yield deploy_slow(serve_app, tiny_weights, "slow")
     serve.delete("slow")
 
 
@@ -88,3 +95,23 @@ def test_a_trickling_upload_hits_its_deadline(serve_app) -> None:
     r = httpx.post(f"{serve_app.url}/v1/upscale", content=trickle(), timeout=60)
     assert (r.status_code, r.json()["error"]["code"]) == (408, "upload_timeout")
     assert time.perf_counter() - started < 10
+
+
+def test_an_ingress_refuses_past_its_in_flight_limit_before_reading(
+    serve_app, tiny_weights
+) -> None:
+    from ray import serve
+
+    url = deploy_slow(serve_app, tiny_weights, "narrow", max_in_flight=2)
+    try:
+        image = encode(noise(160, 160))
+        with ThreadPoolExecutor(6) as pool:
+            results = list(
+                pool.map(lambda _: timed("POST", f"{url}/v1/upscale", content=image), range(6))
+            )
+        messages = [r.json()["error"]["message"] for r, _ in results if r.status_code == 503]
+        at_ingress = [m for m in messages if m.startswith("this ingress is at capacity")]
+        assert len(at_ingress) >= 3, messages
+        assert sum(r.status_code == 200 for r, _ in results) >= 1
+    finally:
+        serve.delete("narrow")
