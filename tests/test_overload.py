@@ -115,3 +115,24 @@ def test_an_ingress_refuses_past_its_in_flight_limit_before_reading(
         assert sum(r.status_code == 200 for r, _ in results) >= 1
     finally:
         serve.delete("narrow")
+
+
+def test_a_client_that_disconnects_leaves_no_work_running(slow_app: str) -> None:
+    def passes() -> int:
+        stats = httpx.get(f"{slow_app}/v1/stats", timeout=30).json()["upscaler"]
+        return int(stats["forward_passes"])
+
+    image = encode(noise(900, 900, seed=9))  # thousands of 16-px tiles, one per forward pass
+    before = passes()
+    done, seconds = timed("POST", f"{slow_app}/v1/upscale", content=image)
+    assert done.status_code == 200, done.text
+    whole = passes() - before
+    assert seconds > 4, f"the request must outlast the client's patience; it took {seconds:.1f} s"
+    before = passes()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{slow_app}/v1/upscale", content=image, timeout=seconds / 4)
+    time.sleep(1.0)  # cancellation travels proxy -> Ingress -> Upscaler -> its tile tasks
+    stopped_at = passes()
+    time.sleep(2.0)
+    assert passes() == stopped_at, "tiles kept running for a client that had gone"
+    assert 0 < stopped_at - before < whole / 2
