@@ -198,20 +198,6 @@ class Replica:
         return out
 
 
-def replica_log_lines(pattern: str = r"thread") -> list[str]:
-    """Lines of the Upscaler replica's Serve log (under RAY_TMPDIR) that mention ``pattern``."""
-    logs = sorted(RAY_TMPDIR.glob("**/session_latest/logs/serve/replica_*Upscaler*.log"))
-    lines: list[str] = []
-    for log in logs:
-        with contextlib.suppress(OSError):
-            lines += [
-                line.strip()
-                for line in log.read_text(errors="replace").splitlines()
-                if re.search(pattern, line, re.I)
-            ]
-    return list(dict.fromkeys(lines))[-3:]
-
-
 # --- the photo and the config -------------------------------------------------------------------
 
 
@@ -455,6 +441,16 @@ class Sample:
     result: bytes = field(repr=False, default=b"")
 
 
+def served_model(client: Any, url: str) -> str:
+    """What ``GET /v1/models`` says of the model: its backend and weights, where it tells."""
+    r = client.get(f"{url}/v1/models")
+    if r.status_code != 200:
+        return f"GET /v1/models: {r.status_code}"
+    entry = next((m for m in r.json() if isinstance(m, dict) and m.get("name") == MODEL), {})
+    keys = ("backend", "precision", "weights_source")
+    return ", ".join(f"{k} {entry[k]}" for k in keys if entry.get(k) is not None) or "?"
+
+
 def stats(client: Any, url: str) -> dict[str, Any] | None:
     """The Upscaler's counters from ``GET /v1/stats`` (flat, or under "upscaler"); None if absent."""
     r = client.get(f"{url}/v1/stats")
@@ -523,9 +519,9 @@ class Results:
     tiling: str = ""
     threads: int = 1
     precision: str = "?"
+    model: str = "?"  # what /v1/models says
     startup_s: float = 0.0
     replica: Replica | None = None
-    log_lines: list[str] = field(default_factory=list)
     warmup: Sample | None = None
     samples: list[Sample] = field(default_factory=list)
     ncnn: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in NCNN_VARIANTS})
@@ -580,6 +576,7 @@ def bench(plan: Plan) -> None:
             "Stop it first; the launcher always keeps its data there"
         )
     WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "ncnn.png").unlink(missing_ok=True)
     jpeg = write_photo(WORK / "photo.jpg")
     config_path, url = config_copy(config, free_port())
     log = WORK / "launcher.log"
@@ -608,6 +605,7 @@ def bench(plan: Plan) -> None:
             with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
                 progress("warm-up request")
                 res.warmup = request(client, url, jpeg, res.replica)
+                res.model = served_model(client, url)
                 for variant in NCNN_VARIANTS:
                     progress(f"warm-up ncnn {variant}")
                     res.ncnn_first[variant] = worker.run(variant)[0]
@@ -623,7 +621,6 @@ def bench(plan: Plan) -> None:
                     line += f" (load {os.getloadavg()[0]:.1f})"
                     progress(line)
             res.load_after = uptime()
-            res.log_lines = replica_log_lines()
         finally:
             if worker is not None:
                 worker.stop()
@@ -669,8 +666,9 @@ def report(res: Results) -> None:
     print(f"code: {res.code}")
     print(
         f"Upscaler replica: num_cpus {res.num_cpus} (config) → ncnn threads {res.threads}; "
-        f"precision {res.precision} (auto on this CPU); tiling: {res.tiling or '?'}"
+        f"torch precision {res.precision} (auto on this CPU); tiling: {res.tiling or '?'}"
     )
+    print(f"  {MODEL} per GET /v1/models: {res.model}")
     cores = [s.replica_cores for s in samples if s.replica_cores is not None]
     if replica:
         busy = [s.busy_threads for s in samples if s.busy_threads is not None]
@@ -686,8 +684,6 @@ def report(res: Results) -> None:
         )
     else:
         print("  the Upscaler replica process was not found: no thread figures")
-    for line in res.log_lines:
-        print(f"  replica log: {line[:160]}")
     tiles = [s.tiles for s in samples if s.tiles is not None]
     passes = [s.forward_passes for s in samples if s.forward_passes is not None]
     if tiles and passes:
@@ -724,7 +720,8 @@ def report(res: Results) -> None:
     ncnn_s = statistics.median(res.ncnn[best])
     served = statistics.median(http)
     print(
-        f"served / ncnn {best} (the faster): {served / ncnn_s:.2f} (HTTP median / ncnn median; < 1: served is faster)"
+        f"served / ncnn {best} (the faster): {served / ncnn_s:.2f} (HTTP median / ncnn median; "
+        f"< 1: served is faster); fastest / fastest: {min(http) / min(res.ncnn[best]):.2f}"
     )
     if "upscale_s" in keys:
         upscale = statistics.median(
