@@ -195,6 +195,28 @@ class ResultStore:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+        try:
+            got = self._call("get_object", allow=_NO_KEY, Bucket=self.settings.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in _NO_KEY:
+                return None
+            raise
+        data: bytes = got["Body"].read()
+        return data
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (all pages)."""
+        found: list[str] = []
+        params: dict[str, Any] = {"Bucket": self.settings.bucket, "Prefix": prefix}
+        while True:
+            page = self._call("list_objects_v2", **params)
+            found += [item["Key"] for item in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return found
+            params["ContinuationToken"] = page["NextContinuationToken"]
+
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing object is not an error (S3 says so too)."""
         self._call("delete_object", Bucket=self.settings.bucket, Key=key)

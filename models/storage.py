@@ -71,6 +71,14 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+        ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (all pages)."""
+        ...
+
 
 class StorageSettings(BaseModel):
     """Where results go and how long their URLs live."""

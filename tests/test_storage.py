@@ -439,3 +439,13 @@ def test_head_exists_and_delete(store: ResultStore) -> None:
     store.delete(result.key)
     assert not store.exists(result.key) and store.head(result.key) is None
     store.delete(result.key)  # deleting twice is fine
+
+
+def test_read_and_list_keys(store: ResultStore) -> None:
+    keys = [f"listing/{i:04d}.json" for i in range(3)]
+    for i, key in enumerate(keys):
+        store.put(b"x" * i, content_type="application/json", extension="json", metadata={}, key=key)
+    assert store.keys("listing/") == keys
+    assert store.read(keys[2]) == b"xx"
+    assert store.read("listing/missing.json") is None
+    assert store.keys("nothing-here/") == []
