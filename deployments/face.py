@@ -28,6 +28,7 @@ from models.face.detect import load_retinaface
 from models.face.restore import load_gfpgan
 from models.face.types import FaceDetector, RestoreFn
 from models.image import Image
+from models.jobs import result_key
 from models.limits import Limits
 from models.loading import pick_device
 from models.options import FaceEnhanceOptions, UpscaleOptions
@@ -115,7 +116,11 @@ class FaceRestorer:
         ]
 
     async def enhance(
-        self, payload: Payload, options: FaceEnhanceOptions, limits: Limits
+        self,
+        payload: Payload,
+        options: FaceEnhanceOptions,
+        limits: Limits,
+        job_id: str | None = None,
     ) -> StoredImage:
         """Encoded bytes (or a reference to them) in; the result stored, with the faces found
         (boxes in output pixels). ``options.background_model`` names an upscaler, or ``"none"``
@@ -136,7 +141,8 @@ class FaceRestorer:
             background=background,
             background_scale=scale,
         )
-        return await asyncio.to_thread(store_result, self._store, encoded, source=data)
+        key = None if job_id is None else result_key(job_id, encoded.format)
+        return await asyncio.to_thread(store_result, self._store, encoded, source=data, key=key)
 
     def _background(self, model: str, limits: Limits) -> pipeline.RunUpscale:
         model_id = variant_id(self._registry.get(model), None)

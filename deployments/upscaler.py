@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from models.errors import InvalidOptionError, ModelError, UnknownModelError, pub
 from models.fallback import forward_or_split
 from models.image import Image
 from models.inference import upscale_image_async
+from models.jobs import JobStore, progress_reporter, result_key
 from models.limits import Limits
 from models.loading import Upscaler as Network
 from models.loading import memory_budget, pick_device
@@ -70,6 +72,7 @@ class Upscaler:
         for fixed shapes, warmed here and in ``reconfigure`` before the replica serves."""
         self._registry = build_registry(custom_models)
         self._store = ResultStore(settings.storage())
+        self._jobs = JobStore(self._store)
         self._served = frozenset(models) | {c.name for c in custom_models}
         self._provider = ModelProvider(
             self._registry,
@@ -175,11 +178,13 @@ class Upscaler:
         return outputs
 
     async def upscale(
-        self, payload: Payload, options: UpscaleOptions, limits: Limits
+        self, payload: Payload, options: UpscaleOptions, limits: Limits, job_id: str | None = None
     ) -> StoredImage:
         """Encoded bytes (or a reference to them) in; the result stored, its URL out: the path of
-        the HTTP API. Neither image travels back through the caller."""
-        known_scale, load = self._model(options)
+        the HTTP API. Neither image travels back through the caller. For a job (``job_id``), the
+        result goes to the job's own key and progress is written as tiles are done."""
+        progress = None if job_id is None else progress_reporter(self._jobs, job_id)
+        known_scale, load = self._model(options, progress)
         data = await unpack(payload)
         encoded = await pipeline.upscale_bytes(
             data,
@@ -189,7 +194,8 @@ class Upscaler:
             load=load,
             png_level=self._config.png_compress_level,
         )
-        return await asyncio.to_thread(store_result, self._store, encoded, source=data)
+        key = None if job_id is None else result_key(job_id, encoded.format)
+        return await asyncio.to_thread(store_result, self._store, encoded, source=data, key=key)
 
     async def upscale_image(self, image: Image, options: UpscaleOptions, limits: Limits) -> Image:
         """A decoded image in, the upscaled image out: the path of composed deployments."""
@@ -200,7 +206,9 @@ class Upscaler:
         )
         return await runner.run(image, plan.outscale)
 
-    def _model(self, options: UpscaleOptions) -> tuple[int | None, pipeline.LoadRunner]:
+    def _model(
+        self, options: UpscaleOptions, on_progress: Callable[[int, int], None] | None = None
+    ) -> tuple[int | None, pipeline.LoadRunner]:
         """The registry's scale of the requested model and how to load it on this replica."""
         name = options.model
         if name is None or name not in self._served:
@@ -228,6 +236,7 @@ class Upscaler:
                     outscale=outscale,
                     tile=policy.tile(network, image.height, image.width),
                     placement=policy.placement(network),
+                    on_progress=on_progress,
                 )
 
             return pipeline.Runner(network.scale, run)

@@ -6,9 +6,15 @@ place (``serve_app/errors.py``). Nothing here knows about HTTP.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class SuperResError(Exception):
-    """Base class of every error raised by ``models``."""
+    """Base class of every error raised by ``models``. ``code`` names it in API error bodies
+    and job records; ``transient`` errors (a resource, not the request) are worth retrying."""
+
+    code: ClassVar[str] = "internal"
+    transient: ClassVar[bool] = False
 
 
 # --- models and weights -------------------------------------------------------------------------
@@ -17,9 +23,15 @@ class SuperResError(Exception):
 class ModelError(SuperResError):
     """A model cannot be used."""
 
+    code: ClassVar[str] = "model_unavailable"
+    transient: ClassVar[bool] = True
+
 
 class UnknownModelError(ModelError, KeyError):
     """No model of that name is registered."""
+
+    code: ClassVar[str] = "unknown_model"
+    transient: ClassVar[bool] = False
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         self.name = name
@@ -49,6 +61,9 @@ class ModelNotReadyError(ModelError):
 class DeviceOutOfMemoryError(SuperResError):
     """The device ran out of memory even at the smallest tile: a transient refusal, retry later."""
 
+    code: ClassVar[str] = "overloaded"
+    transient: ClassVar[bool] = True
+
 
 _PUBLIC_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (WeightsUnavailableError, "its weights could not be fetched from any configured source"),
@@ -72,6 +87,8 @@ def public_reason(exc: Exception) -> str:
 class InvalidOptionError(SuperResError, ValueError):
     """A request option is out of range or does not apply to the chosen model."""
 
+    code: ClassVar[str] = "invalid_option"
+
 
 # --- images -------------------------------------------------------------------------------------
 
@@ -79,25 +96,37 @@ class InvalidOptionError(SuperResError, ValueError):
 class ImageError(SuperResError):
     """The input is not an image we can process."""
 
+    code: ClassVar[str] = "invalid_image"
+
 
 class EmptyInputError(ImageError):
     """Zero bytes were sent."""
+
+    code: ClassVar[str] = "empty_input"
 
 
 class UnsupportedImageTypeError(ImageError):
     """The bytes are not an image format we accept (PNG, JPEG, WebP, and a few others decoded)."""
 
+    code: ClassVar[str] = "unsupported_media_type"
+
 
 class CorruptImageError(ImageError):
     """The bytes claim a supported format but do not decode (truncated, damaged)."""
+
+    code: ClassVar[str] = "corrupt_image"
 
 
 class AnimatedImageError(ImageError):
     """Animated images (APNG, animated WebP/GIF) are refused rather than silently flattened."""
 
+    code: ClassVar[str] = "animated_image"
+
 
 class ImageTooLargeError(ImageError):
     """Input over a byte, pixel or output-size limit; also raised for decompression bombs."""
+
+    code: ClassVar[str] = "too_large"
 
     def __init__(self, message: str, *, limit: int | None = None, actual: int | None = None):
         super().__init__(message)

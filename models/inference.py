@@ -198,21 +198,29 @@ async def upscale_image_async(
     tile: TileConfig = DEFAULT_TILE,
     max_in_flight: int = 64,
     placement: Placement = Placement(),
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Image:
     """Upscale ``image`` submitting each tile on its own, up to ``max_in_flight`` at once, so a
-    batching layer can merge them with tiles of concurrent requests."""
+    batching layer can merge them with tiles of concurrent requests. ``on_progress(done, total)``
+    is called after each tile (tiles are the natural unit of progress)."""
     _check_positive("max_in_flight", max_in_flight)
     with torch.inference_mode():
         plan = _plan(image, scale, outscale, tile, placement)
     slots = asyncio.Semaphore(max_in_flight)
+    work = _work(plan)
+    done = 0
 
     async def run(job: TiledJob, index: int) -> None:
+        nonlocal done
         async with slots:  # outputs are blended as they come: a big image never holds them all
             output = await forward_tile(job.tiles[index])
             with torch.inference_mode():
                 job.put(index, output)
+        done += 1
+        if on_progress is not None:
+            on_progress(done, len(work))
 
-    tasks = [asyncio.ensure_future(run(job, index)) for job, index in _work(plan)]
+    tasks = [asyncio.ensure_future(run(job, index)) for job, index in work]
     try:
         await asyncio.gather(*tasks)
     except BaseException:

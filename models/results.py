@@ -51,12 +51,15 @@ class StoredImage:
     faces: tuple[FaceBox, ...] | None = None
 
 
-def store_result(store: ObjectStore, result: EncodedImage, *, source: bytes) -> StoredImage:
-    """Put ``result`` into ``store`` (blocking), with the model, scale and the source's digest
-    as object metadata; ``store_s`` joins the timings."""
+def store_result(
+    store: ObjectStore, result: EncodedImage, *, source: bytes, key: str | None = None
+) -> StoredImage:
+    """Put ``result`` into ``store`` (blocking) under ``key`` (default: a new unique key), with the
+    model, scale and the source's digest as object metadata; ``store_s`` joins the timings."""
     started = time.perf_counter()
     stored = store.put(
         result.data,
+        key=key,
         content_type=result.content_type,
         extension=result.format,
         metadata={

@@ -47,25 +47,28 @@ class ApiError(Exception):
 class _Rule:
     kind: type[BaseException]
     status: int
-    code: str
     message: str | None = None  # None: the exception's own words (client errors only)
+    own_code: str | None = None  # for classes outside models (which carry their ``code``)
+
+    @property
+    def code(self) -> str:
+        return self.own_code or str(getattr(self.kind, "code", "internal"))
 
 
-# Most specific first: the first matching class wins.
+# Most specific first: the first matching class wins. Codes of models' errors are theirs.
 _RULES: tuple[_Rule, ...] = (
-    _Rule(e.EmptyInputError, 400, "empty_input"),
-    _Rule(e.UnsupportedImageTypeError, 415, "unsupported_media_type"),
-    _Rule(e.AnimatedImageError, 415, "animated_image"),
-    _Rule(e.CorruptImageError, 400, "corrupt_image"),
-    _Rule(e.ImageTooLargeError, 413, "too_large"),
-    _Rule(e.UnknownModelError, 400, "unknown_model"),
-    _Rule(e.InvalidOptionError, 400, "invalid_option"),
-    _Rule(ValidationError, 422, "validation_error"),
-    _Rule(e.ModelNotReadyError, 503, "model_unavailable"),
-    _Rule(e.ModelError, 503, "model_unavailable"),
-    _Rule(e.DeviceOutOfMemoryError, 503, "overloaded", "the service is out of device memory"),
-    _Rule(BackPressureError, 503, "overloaded", "the service is at capacity"),
-    _Rule(StorageUnavailableError, 503, "storage_unavailable", "result storage is unavailable"),
+    _Rule(e.EmptyInputError, 400),
+    _Rule(e.UnsupportedImageTypeError, 415),
+    _Rule(e.AnimatedImageError, 415),
+    _Rule(e.CorruptImageError, 400),
+    _Rule(e.ImageTooLargeError, 413),
+    _Rule(e.UnknownModelError, 400),
+    _Rule(e.InvalidOptionError, 400),
+    _Rule(ValidationError, 422, own_code="validation_error"),
+    _Rule(e.ModelError, 503),
+    _Rule(e.DeviceOutOfMemoryError, 503, "the service is out of device memory"),
+    _Rule(BackPressureError, 503, "the service is at capacity", "overloaded"),
+    _Rule(StorageUnavailableError, 503, "result storage is unavailable", "storage_unavailable"),
 )
 
 
