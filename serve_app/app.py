@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from deployments.config import CustomModel, WeightsOverride, build_registry
 from deployments.face import DETECTOR, RESTORER, FaceRestorer
+from deployments.jobs import JobRunner
 from deployments.quota import Quotas
 from deployments.upscaler import Upscaler
 from models.face.types import FaceDetector
@@ -53,6 +54,8 @@ class AppArgs(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     # Image requests one Ingress replica works on at once; more get 503 before being read.
     max_in_flight: int = Field(default=32, ge=1)
+    # Async jobs (/v1/jobs, Prefer: respond-async), run by one JobRunner replica.
+    jobs: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":
@@ -116,6 +119,11 @@ def build(
     if settings.api_keys_file is not None:
         KeyRing.load(settings.api_keys_file)  # a malformed key file fails here, naming its line
         quotas = deployment(Quotas).bind()
+    runner = None
+    if args.jobs:
+        runner = deployment(JobRunner).bind(
+            settings, upscaler, faces, args.custom_models, args.limits
+        )
     return deployment(Ingress).bind(
         upscaler,
         faces,
@@ -125,4 +133,5 @@ def build(
         limits=args.limits,
         quotas=quotas,
         max_in_flight=args.max_in_flight,
+        runner=runner,
     )

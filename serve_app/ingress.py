@@ -28,8 +28,11 @@ from models.registry import variant_id
 from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
-from serve_app.auth import KeyRing, key_dependency
+from serve_app.auth import KeyRing
+from serve_app.deps import require_key
 from serve_app.errors import ApiError, error_response, install_handlers, to_api_error
+from serve_app.jobs import Jobs
+from serve_app.jobs_api import router as jobs_router
 from serve_app.keys import Principal
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.status import LastKnown
@@ -44,20 +47,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _key_ring() -> KeyRing | None:
-    """The ring of the Ingress replica serving the request (made in its constructor)."""
-    ingress = serve.get_replica_context().servable_object
-    return getattr(ingress, "key_ring", None)
-
-
-require_key = key_dependency(_key_ring)
-
 app = FastAPI(
     title="superres",
     summary="Image super-resolution: Real-ESRGAN, GFPGAN and spandrel models; results in S3.",
     version="0.1.0",
 )
 install_handlers(app)
+app.include_router(jobs_router)
 
 
 def _answer(stored: StoredImage) -> UpscaleResult:
@@ -90,6 +86,7 @@ class Ingress:
         limits: Limits,
         quotas: DeploymentHandle | None = None,
         max_in_flight: int = 32,
+        runner: DeploymentHandle | None = None,
     ) -> None:
         """``quotas``: the ``Quotas`` deployment, when API keys are on (``settings.api_keys_file``);
         ``max_in_flight``: image requests this replica works on at once; more are refused with
@@ -107,6 +104,7 @@ class Ingress:
         self._default_model = default_model
         self._limits = limits
         self._store = ResultStore(settings.storage())
+        self.jobs = None if runner is None else Jobs(self._store, runner, limits, default_model)
         try:
             self._store.ensure_bucket()
         except Exception as exc:  # storage down at start: /readyz says so; requests get 503
@@ -165,7 +163,10 @@ class Ingress:
 
     @app.get("/v1/stats", dependencies=[Depends(require_key)])
     async def stats(self) -> dict[str, Any]:
-        return {"upscaler": await self._status.get("upscaler stats", self._upscaler.stats.remote)}
+        stats = {"upscaler": await self._status.get("upscaler stats", self._upscaler.stats.remote)}
+        if self.jobs is not None:
+            stats["jobs"] = await self._status.get("job stats", self.jobs.runner.stats.remote)
+        return stats
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -229,10 +230,22 @@ class Ingress:
                 data, options = await read_upload(
                     request, options, limits.max_upload_bytes, limits.upload_timeout_s
                 )
+                if "respond-async" in request.headers.get("prefer", "") and self.jobs is not None:
+                    return await self._accepted(caller, options, data)
                 result = await run(data, options)
         except Exception as exc:
             return error_response(to_api_error(exc))
         return JSONResponse(result.model_dump(mode="json"))
+
+    async def _accepted(self, caller: Principal, options: BaseModel, data: bytes) -> Response:
+        """``Prefer: respond-async`` (RFC 7240): the same request as a job, answered 202."""
+        assert self.jobs is not None
+        operation = "face-enhance" if isinstance(options, FaceEnhanceOptions) else "upscale"
+        raw = options.model_dump(exclude_unset=True)
+        (record,) = await self.jobs.create(caller, operation, raw, [data], None, None)
+        view = await self.jobs.view(record)
+        headers = {"Preference-Applied": "respond-async", "Location": view["status_url"]}
+        return JSONResponse(view, status_code=202, headers=headers)
 
     @contextlib.asynccontextmanager
     async def _admitted(self) -> AsyncIterator[None]:

@@ -61,11 +61,11 @@ async def read_upload(
 async def _read(request: Request, query: Options, max_bytes: int) -> tuple[bytes, Options]:
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
-        data = b"".join([c async for c in _limited(request, max_bytes)])
-        return _checked(data), query
+        data = b"".join([c async for c in limited(request, max_bytes)])
+        return sniffed(data), query
     parser = MultiPartParser(
         request.headers,
-        _limited(request, max_bytes + MULTIPART_OVERHEAD),
+        limited(request, max_bytes + MULTIPART_OVERHEAD),
         max_files=1,
         max_fields=MAX_FORM_FIELDS,
     )
@@ -83,7 +83,7 @@ async def _read(request: Request, query: Options, max_bytes: int) -> tuple[bytes
         await form.close()
     if len(data) > max_bytes:
         raise ApiError(413, "too_large", f"the upload is over the limit of {max_bytes} bytes")
-    return _checked(data), _merge(query, fields)
+    return sniffed(data), _merge(query, fields)
 
 
 def _merge(query: Options, fields: dict[str, str]) -> Options:
@@ -99,7 +99,7 @@ def _merge(query: Options, fields: dict[str, str]) -> Options:
         raise ApiError(422, "validation_error", validation_message(exc.errors())) from None
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+async def limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     too_large = ApiError(413, "too_large", f"the upload is over the limit of {limit} bytes")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -112,7 +112,7 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-def _checked(data: bytes) -> bytes:
+def sniffed(data: bytes) -> bytes:
     if not data:
         raise ApiError(400, "empty_input", "the request carried no image bytes")
     if sniff_format(data) is None:
