@@ -29,25 +29,31 @@ API_KEYS_VAR = "SUPERRES_API_KEYS_FILE"
 
 
 @dataclass
-class ObjectStore:
+class Backend:
+    """The in-cluster pods behind a Service and the port a client reaches there."""
+
     pods: list[Pod]
-    port: int  # the container port of its S3 API
+    port: int  # the container port
     port_name: str | None
+    service: Mapping[str, Any] | None = None
+    container: Mapping[str, Any] | None = None  # the container declaring that port
 
 
-def object_store(resources: Sequence[Mapping[str, Any]]) -> ObjectStore | None:
-    """The in-cluster pods behind ``SUPERRES_S3_ENDPOINT_URL`` (None: an external store)."""
-    endpoint = urlsplit(configmap_data(resources).get("SUPERRES_S3_ENDPOINT_URL", ""))
-    host = (endpoint.hostname or "").split(".")[0]
+ObjectStore = Backend  # the S3 store's
+
+
+def backend(resources: Sequence[Mapping[str, Any]], host: str, port: int) -> Backend | None:
+    """The pods of the manifests behind ``host:port`` (a Service name, optionally followed by its
+    namespace and cluster domain); None when no Service of that name selects any."""
+    name = host.split(".")[0]
     services = [r for r in resources if r.get("kind") == "Service"]
-    service = next((s for s in services if s["metadata"].get("name") == host), None)
+    service = next((s for s in services if s["metadata"].get("name") == name), None)
     if service is None:
         return None
     selector = (service.get("spec") or {}).get("selector") or {}
-    store = [p for p in pods(resources) if selector and _labels_match(selector, p.labels)]
-    if not store:
+    found = [p for p in pods(resources) if selector and labels_match(selector, p.labels)]
+    if not found:
         return None
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     target: Any = next(
         (
             p.get("targetPort", port)
@@ -56,11 +62,20 @@ def object_store(resources: Sequence[Mapping[str, Any]]) -> ObjectStore | None:
         ),
         port,
     )
-    for container in store[0].containers:
+    for container in found[0].containers:
         for declared in container.get("ports") or []:
             if target in (declared.get("name"), declared.get("containerPort")):
-                return ObjectStore(store, int(declared["containerPort"]), declared.get("name"))
-    return ObjectStore(store, int(target) if str(target).isdigit() else port, None)
+                return Backend(
+                    found, int(declared["containerPort"]), declared.get("name"), service, container
+                )
+    return Backend(found, int(target) if str(target).isdigit() else port, None, service)
+
+
+def object_store(resources: Sequence[Mapping[str, Any]]) -> ObjectStore | None:
+    """The in-cluster pods behind ``SUPERRES_S3_ENDPOINT_URL`` (None: an external store)."""
+    endpoint = urlsplit(configmap_data(resources).get("SUPERRES_S3_ENDPOINT_URL", ""))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    return backend(resources, endpoint.hostname or "", port)
 
 
 def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -76,7 +91,7 @@ def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
         for r in resources
         if r.get("kind") == "NetworkPolicy"
         and "Ingress" in (r["spec"].get("policyTypes") or [])
-        and _labels_match(r["spec"].get("podSelector") or {}, store.pods[0].labels)
+        and labels_match(r["spec"].get("podSelector") or {}, store.pods[0].labels)
     ]
     if not policies:
         return [f"{store.pods[0].where}: no NetworkPolicy limits who reaches the object store"]
@@ -106,7 +121,7 @@ def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
         if service.get("kind") != "Service":
             continue
         selector = (service.get("spec") or {}).get("selector") or {}
-        if not selector or not _labels_match(selector, store.pods[0].labels):
+        if not selector or not labels_match(selector, store.pods[0].labels):
             continue
         for port in service["spec"].get("ports") or []:
             if port.get("targetPort", port.get("port")) not in s3_ports:
@@ -138,7 +153,7 @@ def _peer_problems(
         return [f"{where}: admits every pod of the namespace"]
     problems = []
     for pod in all_pods:
-        if _labels_match(selector, pod.labels):
+        if labels_match(selector, pod.labels):
             if pod in clients:
                 admitted.append(pod)
             else:
@@ -146,7 +161,7 @@ def _peer_problems(
     return problems
 
 
-def _labels_match(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+def labels_match(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     """A Service selector (a plain map) or a LabelSelector matches these labels."""
     if "matchLabels" not in selector and "matchExpressions" not in selector:
         selector = {"matchLabels": selector}

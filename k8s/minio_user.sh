@@ -1,12 +1,13 @@
 #!/bin/sh
 # The MinIO user the Ray pods sign with (the keys of Secret superres-s3-app), instead of MinIO's root
-# credentials: it may find the results bucket and read and write the objects under the results
-# prefix, nothing else (no other bucket, no delete, no admin). The setup Job runs this with `mc` and
+# credentials: it may find and list the results bucket, and read, write and delete the objects under
+# the prefixes the app uses there (the results prefix, results/jobs/, jobs/, cache/: models/jobs.py),
+# nothing else (no other bucket, no bucket settings, no admin). The setup Job runs this with `mc` and
 # the root credentials before it creates the buckets (k8s/base/storage-jobs.yaml). It can run again:
 # the policy is rewritten, the user's secret key reset (a rotation), and the policy attached once.
 # k8s/generate.py copies this file into the ConfigMap superres-storage-jobs.
 #
-# Environment: SUPERRES_S3_ENDPOINT_URL, SUPERRES_S3_BUCKET, SUPERRES_S3_PREFIX (may be empty),
+# Environment: SUPERRES_S3_ENDPOINT_URL, SUPERRES_S3_BUCKET, SUPERRES_S3_PREFIX (e.g. results/),
 # MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, APP_ACCESS_KEY_ID, APP_SECRET_ACCESS_KEY, and WAIT_S (how
 # long to wait for MinIO, default 600).
 set -eu
@@ -42,6 +43,10 @@ until mc alias set "$alias" "$SUPERRES_S3_ENDPOINT_URL" "$MINIO_ROOT_USER" "$MIN
     waited=$((waited + 3))
 done
 
+# The results (SUPERRES_S3_PREFIX) and the job system's keys (models/jobs.py): jobs' results,
+# records, inputs, progress and idempotency keys, and the result cache. Deletes: the job system
+# removes its markers; AbortMultipartUpload: a failed large upload is cleaned up.
+bucket="arn:aws:s3:::$SUPERRES_S3_BUCKET"
 cat >"$MC_CONFIG_DIR/$policy.json" <<EOF
 {
   "Version": "2012-10-17",
@@ -49,12 +54,12 @@ cat >"$MC_CONFIG_DIR/$policy.json" <<EOF
     {
       "Effect": "Allow",
       "Action": ["s3:GetBucketLocation", "s3:ListBucket"],
-      "Resource": ["arn:aws:s3:::$SUPERRES_S3_BUCKET"]
+      "Resource": ["$bucket"]
     },
     {
       "Effect": "Allow",
-      "Action": ["s3:GetObject", "s3:PutObject"],
-      "Resource": ["arn:aws:s3:::$SUPERRES_S3_BUCKET/$prefix*"]
+      "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+      "Resource": ["$bucket/$prefix*", "$bucket/results/jobs/*", "$bucket/jobs/*", "$bucket/cache/*"]
     }
   ]
 }
@@ -67,4 +72,5 @@ if mc admin user info "$alias" "$APP_ACCESS_KEY_ID" | grep -q "$policy"; then
 else
     mc admin policy attach "$alias" "$policy" --user "$APP_ACCESS_KEY_ID"
 fi
-echo "minio-user: $APP_ACCESS_KEY_ID may read and write $SUPERRES_S3_BUCKET/$prefix*, nothing else"
+echo "minio-user: $APP_ACCESS_KEY_ID may list $SUPERRES_S3_BUCKET and read, write and delete" \
+    "$prefix*, results/jobs/*, jobs/* and cache/* there, nothing else"

@@ -1,14 +1,15 @@
 """The cluster's two storage Jobs, run in the app image (k8s/base/storage-jobs.yaml).
 
 ``setup``: create the results and weights buckets, let anyone read the weights bucket (weights are
-public files and every replica verifies each by sha256) and expire results after
-``RESULTS_EXPIRE_DAYS`` days. ``stage-weights``: fetch every model of ``MODELS`` with
-``python -m models fetch`` (sha256-verified) and upload the files to the weights bucket, so replicas
-download them in-cluster instead of from GitHub. Both can run again safely.
+public files and every replica verifies each by sha256) and set the results bucket's lifecycle
+rules: each prefix of ``RETENTION`` expires after its ``SUPERRES_RETENTION_*_DAYS`` days.
+``stage-weights``: fetch every model of ``MODELS`` with ``python -m models fetch`` (sha256-verified)
+and upload the files to the weights bucket, so replicas download them in-cluster instead of from
+GitHub. Both can run again safely.
 
 Everything comes from the environment the manifests set: ``SUPERRES_S3_*`` (endpoint, region, keys,
-results bucket and prefix), ``WEIGHTS_BUCKET``, ``RESULTS_EXPIRE_DAYS``, ``MODELS``. This file is
-copied into a ConfigMap by k8s/generate.py: it may import only the standard library and boto3.
+results bucket and prefix), ``SUPERRES_RETENTION_*_DAYS``, ``WEIGHTS_BUCKET``, ``MODELS``. This file
+is copied into a ConfigMap by k8s/generate.py: it may import only the standard library and boto3.
 """
 
 from __future__ import annotations
@@ -72,17 +73,80 @@ def public_read_policy(bucket: str) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
 
 
-def expiry_rules(prefix: str, days: int) -> dict[str, Any]:
-    """Lifecycle rules deleting objects under ``prefix`` ``days`` days after their creation."""
-    if days < 1:
-        raise StorageJobError(f"RESULTS_EXPIRE_DAYS must be 1 or more, got {days}")
-    rule = {
-        "ID": "expire-results",
-        "Status": "Enabled",
-        "Filter": {"Prefix": prefix},
-        "Expiration": {"Days": days},
-    }
-    return {"Rules": [rule]}
+# Retention: each setting (whole days after an object was written) and the key prefixes of the
+# results bucket it expires. The job keys are models/jobs.py's (tests/test_k8s.py keeps them in
+# step); the results are under SUPERRES_S3_PREFIX, the jobs' results under results/jobs/.
+RESULTS_DAYS = "SUPERRES_RETENTION_RESULTS_DAYS"
+INPUTS_DAYS = "SUPERRES_RETENTION_INPUTS_DAYS"
+RECORDS_DAYS = "SUPERRES_RETENTION_RECORDS_DAYS"
+CACHE_DAYS = "SUPERRES_RETENTION_CACHE_DAYS"
+JOB_RESULTS_PREFIX = "results/jobs/"
+RETENTION: dict[str, tuple[str, ...]] = {
+    RESULTS_DAYS: (JOB_RESULTS_PREFIX,),  # and SUPERRES_S3_PREFIX
+    INPUTS_DAYS: ("jobs/inputs/",),
+    RECORDS_DAYS: ("jobs/records/", "jobs/active/", "jobs/progress/", "jobs/idempotency/"),
+    CACHE_DAYS: ("cache/",),
+}
+
+
+def read_retention(env: Mapping[str, str]) -> dict[str, int]:
+    """The ``SUPERRES_RETENTION_*_DAYS`` settings of ``env``: each required, a whole number >= 1."""
+    days = {}
+    for name in RETENTION:
+        value = env.get(name, "").strip()
+        if not value:
+            raise StorageJobError(f"{name} is not set")
+        if not value.isdigit() or int(value) < 1:
+            raise StorageJobError(
+                f"{name} must be a whole number of days, 1 or more, got {value!r}"
+            )
+        days[name] = int(value)
+    return days
+
+
+def retention_prefixes(results_prefix: str) -> dict[str, tuple[str, ...]]:
+    """``RETENTION`` with the results prefix added; refuses prefixes that overlap across settings
+    (S3 would apply the shortest expiry to the overlap, silently)."""
+    if not results_prefix or not results_prefix.endswith("/"):
+        raise StorageJobError(
+            f"SUPERRES_S3_PREFIX must be a folder such as results/, got {results_prefix!r}: "
+            "retention works by prefix, and an empty one would expire every key with the results"
+        )
+    wanted = {name: list(values) for name, values in RETENTION.items()}
+    wanted[RESULTS_DAYS].insert(0, results_prefix)
+    out: dict[str, tuple[str, ...]] = {}
+    for name, listed in wanted.items():  # drop a prefix inside another of the same setting
+        out[name] = tuple(
+            p for p in dict.fromkeys(listed) if not any(p != q and p.startswith(q) for q in listed)
+        )
+    for name, prefixes in out.items():
+        for other, other_prefixes in out.items():
+            for p in prefixes:
+                for q in other_prefixes:
+                    if name != other and p.startswith(q):
+                        raise StorageJobError(
+                            f"prefix {p} ({name}) is inside {q} ({other}): give each its own folder"
+                        )
+    return out
+
+
+def retention_rules(days: Mapping[str, int], results_prefix: str) -> dict[str, Any]:
+    """The results bucket's lifecycle configuration: every prefix of a retention setting expires
+    that many days after each object was written."""
+    rules = []
+    for name, prefixes in retention_prefixes(results_prefix).items():
+        if days.get(name, 0) < 1:
+            raise StorageJobError(f"{name} must be 1 or more, got {days.get(name)}")
+        for prefix in prefixes:
+            rules.append(
+                {
+                    "ID": "expire-" + prefix.strip("/").replace("/", "-"),
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": prefix},
+                    "Expiration": {"Days": days[name]},
+                }
+            )
+    return {"Rules": rules}
 
 
 def ensure_bucket(client: S3Client, bucket: str) -> bool:
@@ -101,15 +165,23 @@ def ensure_bucket(client: S3Client, bucket: str) -> bool:
     return True
 
 
-def setup(client: S3Client, *, results: str, prefix: str, days: int, weights: str) -> None:
-    rules = expiry_rules(prefix, days)
+def setup(
+    client: S3Client, *, results: str, prefix: str, days: Mapping[str, int], weights: str
+) -> None:
+    rules = retention_rules(days, prefix)
     for bucket in (results, weights):
         created = ensure_bucket(client, bucket)
         logger.info("bucket %s %s", bucket, "created" if created else "exists")
     client.put_bucket_policy(Bucket=weights, Policy=public_read_policy(weights))
     logger.info("bucket %s: anonymous read-only", weights)
     client.put_bucket_lifecycle_configuration(Bucket=results, LifecycleConfiguration=rules)
-    logger.info("bucket %s: objects under %r expire after %d days", results, prefix, days)
+    for rule in rules["Rules"]:
+        logger.info(
+            "bucket %s: objects under %s expire after %d days",
+            results,
+            rule["Filter"]["Prefix"],
+            rule["Expiration"]["Days"],
+        )
 
 
 # --- stage-weights -------------------------------------------------------------------------------
@@ -237,20 +309,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         client = make_client(env)
-        wait_for_s3(client, args.wait_s)
         weights = _env(env, "WEIGHTS_BUCKET")
         if args.job == "setup":
-            days = _env(env, "RESULTS_EXPIRE_DAYS")
-            if not days.isdigit():
-                raise StorageJobError(f"RESULTS_EXPIRE_DAYS must be a whole number, got {days!r}")
-            setup(
-                client,
-                results=_env(env, "SUPERRES_S3_BUCKET"),
-                prefix=env.get("SUPERRES_S3_PREFIX", ""),
-                days=int(days),
-                weights=weights,
-            )
+            results, prefix = _env(env, "SUPERRES_S3_BUCKET"), env.get("SUPERRES_S3_PREFIX", "")
+            days = read_retention(env)
+            retention_rules(days, prefix)  # bad settings fail before waiting for the store
+            wait_for_s3(client, args.wait_s)
+            setup(client, results=results, prefix=prefix, days=days, weights=weights)
             return 0
+        wait_for_s3(client, args.wait_s)
         models = env.get("MODELS", "").split()
         failed = stage_weights(client, models=models, cache_dir=args.cache_dir, bucket=weights)
     except StorageJobError as e:

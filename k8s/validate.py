@@ -11,7 +11,9 @@
   to ConfigMaps, Secrets and Services that exist, and the public S3 endpoint behind the Ingress;
 - the hardening rules of k8s/security.py (non-root, read-only root, no capabilities, seccomp, no
   service account tokens, pinned images) and k8s/access.py (MinIO's NetworkPolicy, the Ray pods'
-  limited S3 user, API keys on).
+  limited S3 user, API keys on);
+- the durability and retention rules of k8s/durability.py (GCS fault tolerance on a persistent
+  Redis that only the Ray head reaches; the results bucket's retention settings).
 
 ``python k8s/validate.py [OVERLAY ...]`` prints the problems of each overlay and exits 1 if any.
 """
@@ -40,6 +42,7 @@ if __package__ in (None, ""):  # run as `python k8s/validate.py`
 
 from k8s import ManifestError  # noqa: E402
 from k8s.access import access_problems  # noqa: E402
+from k8s.durability import durability_problems  # noqa: E402
 from k8s.render import render, resource_id  # noqa: E402
 from k8s.security import security_problems  # noqa: E402
 
@@ -51,6 +54,7 @@ SECRETS: dict[str, frozenset[str]] = {
     "superres-s3": S3_KEYS,  # MinIO's root user: MinIO and the storage Jobs
     "superres-s3-app": S3_KEYS,  # the limited MinIO user of the Ray pods
     "superres-api-keys": frozenset({"api-keys"}),  # the hashed API keys
+    "superres-redis": frozenset({"password"}),  # Redis of the GCS fault tolerance
 }
 OVERLAYS_DIR = REPO / "k8s" / "overlays"
 _SECRET_LIKE = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", re.IGNORECASE)
@@ -393,18 +397,29 @@ def memory_problems(rayservice: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def secret_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Secret-like env vars come from secretKeyRef only; every Secret key read exists."""
-    problems = []
-    secrets = {
+def rendered_secrets(resources: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
+    return {
         r["metadata"]["name"]: set(r.get("data") or {}) | set(r.get("stringData") or {})
         for r in resources
         if r.get("kind") == "Secret"
     }
-    for name, keys in secrets.items():
-        if name in SECRETS and keys != SECRETS[name]:
-            problems.append(f"Secret {name}: keys {sorted(keys)}, expected {sorted(SECRETS[name])}")
-    known = {**SECRETS, **secrets}
+
+
+def known_secrets(resources: Sequence[Mapping[str, Any]]) -> dict[str, frozenset[str] | set[str]]:
+    """Secret name -> its keys: the Secrets an operator creates, and those an overlay ships."""
+    return {**SECRETS, **rendered_secrets(resources)}
+
+
+def secret_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Secret-like env vars come from secretKeyRef only; every Secret key read exists."""
+    problems = []
+    secrets = rendered_secrets(resources)
+    for secret, keys in secrets.items():
+        if secret in SECRETS and keys != SECRETS[secret]:
+            problems.append(
+                f"Secret {secret}: keys {sorted(keys)}, expected {sorted(SECRETS[secret])}"
+            )
+    known = known_secrets(resources)
     for resource in resources:
         if resource.get("kind") == "ConfigMap":
             problems += [
@@ -543,6 +558,7 @@ def validate_resources(
     problems += endpoint_problems(resources)
     problems += security_problems(resources)
     problems += access_problems(resources)
+    problems += durability_problems(resources, known_secrets(resources))
     return problems
 
 

@@ -12,6 +12,7 @@ import ast
 import copy
 import importlib.metadata
 import json
+import posixpath
 import re
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import yaml
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from k8s import ManifestError, access, generate, security, storage_jobs
+from k8s import ManifestError, access, durability, generate, security, storage_jobs
 from k8s.access import S3_KEY_VARS
 from k8s.render import KUBECTL_DIST, Resource, kubectl_path, load_documents, render
 from k8s.validate import (
@@ -142,7 +143,9 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[Resource]]) 
             "access-key-id",
             "secret-access-key",
         }
+    assert _one(rendered["cpu"], "Secret", "superres-redis")["stringData"].keys() == {"password"}
     assert [r["metadata"]["name"] for r in rendered["cpu"] if r["kind"] == "Secret"] == [
+        "superres-redis",
         "superres-s3",
         "superres-s3-app",
     ]
@@ -509,7 +512,7 @@ def _all(*changes: Change) -> Change:
 
 
 def _drop_policy(resources: list[Resource]) -> None:
-    resources.remove(_one(resources, "NetworkPolicy"))
+    resources.remove(_one(resources, "NetworkPolicy", "minio"))
 
 
 def _console_service_port(resources: list[Resource]) -> None:
@@ -519,7 +522,8 @@ def _console_service_port(resources: list[Resource]) -> None:
 
 def _components(*values: str) -> Change:
     def change(resources: list[Resource]) -> None:
-        selector = _one(resources, "NetworkPolicy")["spec"]["ingress"][0]["from"][0]["podSelector"]
+        policy = _one(resources, "NetworkPolicy", "minio")
+        selector = policy["spec"]["ingress"][0]["from"][0]["podSelector"]
         selector["matchExpressions"][0]["values"] = list(values)
 
     return change
@@ -541,7 +545,7 @@ def _AUTOSCALER(resources: list[Resource]) -> dict[str, Any]:
 
 
 def _RULE(i: int) -> Getter:
-    return lambda rs: _one(rs, "NetworkPolicy")["spec"]["ingress"][i]
+    return lambda rs: _one(rs, "NetworkPolicy", "minio")["spec"]["ingress"][i]
 
 
 _TMP = "is not writable: mount an emptyDir there (the root filesystem is read-only)"
@@ -774,6 +778,7 @@ def test_hardening_rules_hold_in_both_overlays(rendered: dict[str, list[Resource
         # Every pod template of the overlay is covered, KubeRay's autoscaler container included.
         assert sorted(p.where.split("/")[-1] for p in pods) == [
             "minio",
+            "redis",
             "superres head",
             f"superres workers {'gpu-workers' if overlay == 'gpu' else 'workers'}",
             "superres-stage-weights",
@@ -800,6 +805,408 @@ def test_secret_volumes_must_name_a_known_secret(rendered: dict[str, list[Resour
     ]
 
 
+# --- durability and retention (k8s/durability.py): each broken rule is reported ----------------
+
+SERVICE = "ray.io/v1/RayService/superres"
+REDIS = "apps/v1/StatefulSet/redis"
+REDIS_POLICY = "networking.k8s.io/v1/NetworkPolicy/redis"
+_REDIS_POD = _pod("StatefulSet", "redis")
+_REDIS = _container(_REDIS_POD, "redis")
+_REDIS_AUTH = _container(_REDIS_POD, "auth")
+
+
+def _FT(resources: list[Resource]) -> dict[str, Any]:
+    options: dict[str, Any] = _cluster(resources)["gcsFaultToleranceOptions"]
+    return options
+
+
+def _REDIS_RULE(resources: list[Resource]) -> dict[str, Any]:
+    rule: dict[str, Any] = _one(resources, "NetworkPolicy", "redis")["spec"]["ingress"][0]
+    return rule
+
+
+def _redis_conf(old: str, new: str) -> Change:
+    def change(resources: list[Resource]) -> None:
+        data = _one(resources, "ConfigMap", "redis-config")["data"]
+        assert old in data["redis.conf"]
+        data["redis.conf"] = data["redis.conf"].replace(old, new)
+
+    return change
+
+
+def _set_env(**values: str) -> Change:
+    return lambda rs: _one(rs, "ConfigMap", "superres-env")["data"].update(values)
+
+
+def _drop_env(name: str) -> Change:
+    return lambda rs: _one(rs, "ConfigMap", "superres-env")["data"].pop(name)
+
+
+def _redis_data_in_empty_dir(resources: list[Resource]) -> None:
+    _one(resources, "StatefulSet", "redis")["spec"].pop("volumeClaimTemplates")
+    _REDIS_POD(resources)["volumes"].append({"name": "data", "emptyDir": {}})
+
+
+def _annotate(key: str) -> Change:
+    return lambda rs: (
+        _one(rs, "RayService")["metadata"].setdefault("annotations", {}).update({key: "true"})
+    )
+
+
+_PERSIST = "the append-only file would not survive the pod"
+_ONLY_HEAD = "only the Ray head may reach Redis"
+
+DURABILITY_RULES: list[tuple[str, Change, list[str]]] = [
+    (
+        "gcs-fault-tolerance",
+        lambda rs: _cluster(rs).pop("gcsFaultToleranceOptions"),
+        [
+            f"{SERVICE}: no GCS fault tolerance: the head pod is a single point of failure (its "
+            "loss restarts every replica); set rayClusterConfig.gcsFaultToleranceOptions "
+            "(redisAddress, redisPassword)"
+        ],
+    ),
+    (
+        "redis-backend",
+        _update(_FT, backend="rocksdb"),
+        [
+            f"{SERVICE}: gcsFaultToleranceOptions.backend rocksdb: use the external Redis "
+            "(backend redis, redisAddress)"
+        ],
+    ),
+    (
+        "redis-address-set",
+        _pop(_FT, "redisAddress"),
+        [f"{SERVICE}: set gcsFaultToleranceOptions.redisAddress"],
+    ),
+    (
+        "redis-address-known",
+        _update(_FT, redisAddress="redis-master:6379"),
+        [
+            f"{SERVICE}: redisAddress redis-master:6379: no Service redis-master in the manifests "
+            "(for an external Redis give its full host name)"
+        ],
+    ),
+    (
+        "redis-address-port",
+        _update(_FT, redisAddress="redis:6380"),
+        [f"{SERVICE}: redisAddress redis:6380: Service redis has no port 6380"],
+    ),
+    (
+        "redis-password-from-a-secret",
+        _update(_FT, redisPassword={"value": "hunter22"}),
+        [
+            f"{SERVICE}: gcsFaultToleranceOptions.redisPassword must come from a Secret "
+            "(valueFrom.secretKeyRef)"
+        ],
+    ),
+    (
+        "redis-password-key-exists",
+        _update(_key(_key(_key(_FT, "redisPassword"), "valueFrom"), "secretKeyRef"), key="pass"),
+        [
+            f"{SERVICE}: gcsFaultToleranceOptions.redisPassword: no key 'pass' in Secret "
+            "superres-redis",
+            f"{REDIS}: no container reads Secret superres-redis key pass (the head's "
+            "redisPassword): Redis would not require it",
+        ],
+    ),
+    (
+        "storage-namespace-per-cluster",
+        _update(_FT, externalStorageNamespace="superres"),
+        [
+            f"{SERVICE}: leave gcsFaultToleranceOptions.externalStorageNamespace unset: KubeRay "
+            "then uses each RayCluster's UID; a fixed one makes the old and the new cluster of an "
+            "upgrade share the GCS state, and the old one's Redis cleanup Job delete it"
+        ],
+    ),
+    (
+        "kuberay-redis-password-param",
+        _update(_key(_key(_cluster, "headGroupSpec"), "rayStartParams"), **{"redis-password": "x"}),
+        [
+            f"{SERVICE}: KubeRay refuses redis-password in rayStartParams next to "
+            "gcsFaultToleranceOptions: use redisPassword there"
+        ],
+    ),
+    (
+        "kuberay-redis-address-env",
+        lambda rs: _HEAD_RAY(rs)["env"].append({"name": "RAY_REDIS_ADDRESS", "value": "redis:1"}),
+        [
+            f"{SERVICE}: KubeRay refuses RAY_REDIS_ADDRESS on the head next to "
+            "gcsFaultToleranceOptions: set it there"
+        ],
+    ),
+    (
+        "kuberay-ft-annotation",
+        _annotate("ray.io/ft-enabled"),
+        [
+            f"{SERVICE}: KubeRay refuses the annotation ray.io/ft-enabled next to "
+            "gcsFaultToleranceOptions"
+        ],
+    ),
+    (
+        "redis-append-only",
+        _redis_conf("appendonly yes", "appendonly no"),
+        [
+            f"{REDIS} redis: set appendonly yes: without the append-only file a restarted Redis "
+            "loses the GCS state, and the head's fault tolerance with it"
+        ],
+    ),
+    (
+        "redis-append-only-not-overridden",
+        lambda rs: _REDIS(rs)["command"].extend(["--appendonly", "no"]),
+        [
+            f"{REDIS} redis: set appendonly yes: without the append-only file a restarted Redis "
+            "loses the GCS state, and the head's fault tolerance with it"
+        ],
+    ),
+    (
+        "redis-fsync",
+        _redis_conf("appendfsync everysec", "appendfsync no"),
+        [f"{REDIS} redis: appendfsync no leaves writes to the kernel: use everysec"],
+    ),
+    (
+        "redis-data-on-a-pvc",
+        _redis_data_in_empty_dir,
+        [f"{REDIS} redis: dir /data is not on a PersistentVolumeClaim: {_PERSIST}"],
+    ),
+    (
+        "redis-data-mounted",
+        _unmount(_REDIS, "data"),
+        [f"{REDIS} redis: dir /data is not on a PersistentVolumeClaim: {_PERSIST}"],
+    ),
+    (
+        "redis-dir-set",
+        _redis_conf("dir /data\n", ""),
+        [f"{REDIS} redis: set dir to the absolute path of its PersistentVolumeClaim"],
+    ),
+    (
+        "redis-no-eviction",
+        _redis_conf("maxmemory-policy noeviction", "maxmemory-policy allkeys-lru"),
+        [
+            f"{REDIS} redis: maxmemory-policy allkeys-lru evicts keys, which are the cluster's "
+            "state: use noeviction"
+        ],
+    ),
+    (
+        "redis-config-readable",
+        _update(_REDIS, command=["/bin/sh", "-c", "exec redis-server --appendonly no"]),
+        [
+            f"{REDIS} redis: runs '/bin/sh -c': run redis-server directly (command: "
+            "[redis-server, <config file>]) so that its configuration can be checked"
+        ],
+    ),
+    (
+        "redis-config-from-a-configmap",
+        _update(_REDIS, command=["redis-server", "/usr/local/etc/redis.conf"]),
+        [
+            f"{REDIS} redis: its config file /usr/local/etc/redis.conf is not a ConfigMap key of "
+            "the manifests"
+        ],
+    ),
+    (
+        "redis-password-not-in-config",
+        _redis_conf("port 6379", "port 6379\nrequirepass hunter22"),
+        [f"{REDIS} redis: requirepass in its configuration: keep it in a Secret"],
+    ),
+    (
+        "redis-requires-the-password",
+        _all(_without_env(_REDIS_AUTH, "REDIS_PASSWORD"), _without_env(_REDIS, "REDISCLI_AUTH")),
+        [
+            f"{REDIS}: no container reads Secret superres-redis key password (the head's "
+            "redisPassword): Redis would not require it"
+        ],
+    ),
+    (
+        "redis-network-policy",
+        lambda rs: rs.remove(_one(rs, "NetworkPolicy", "redis")),
+        [f"{REDIS}: no NetworkPolicy limits who reaches Redis: admit the Ray head only"],
+    ),
+    (
+        "redis-port-only",
+        _update(_REDIS_RULE, ports=[{"port": 6379}, {"port": 16379}]),
+        [f"{REDIS_POLICY} ingress[0]: opens port 16379; only the Redis port 6379"],
+    ),
+    (
+        "redis-every-port",
+        _pop(_REDIS_RULE, "ports"),
+        [f"{REDIS_POLICY} ingress[0]: opens every port; open only the Redis port 6379"],
+    ),
+    (
+        "redis-not-the-workers",
+        _update(
+            _REDIS_RULE,
+            **{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "superres"}}}]},
+        ),
+        [
+            f"{REDIS_POLICY} ingress[0]: admits {pod}, which is not the Ray head"
+            for pod in (MINIO, REDIS, "batch/v1/Job/superres-stage-weights", SETUP, WORKERS)
+        ],
+    ),
+    (
+        "redis-not-every-pod",
+        _update(_REDIS_RULE, **{"from": [{"podSelector": {}}]}),
+        [f"{REDIS_POLICY} ingress[0]: admits every pod of the namespace"],
+    ),
+    (
+        "redis-not-every-source",
+        _pop(_REDIS_RULE, "from"),
+        [f"{REDIS_POLICY} ingress[0]: admits every source; {_ONLY_HEAD}"],
+    ),
+    (
+        "redis-no-namespace",
+        lambda rs: _REDIS_RULE(rs)["from"].append(
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ),
+        [f"{REDIS_POLICY} ingress[0]: admits pods of other namespaces; {_ONLY_HEAD}"],
+    ),
+    (
+        "redis-no-ip-block",
+        lambda rs: _REDIS_RULE(rs)["from"].append({"ipBlock": {"cidr": "10.0.0.0/8"}}),
+        [f"{REDIS_POLICY} ingress[0]: admits an ipBlock; {_ONLY_HEAD}"],
+    ),
+    (
+        "redis-head-admitted",
+        _update(
+            lambda rs: _REDIS_RULE(rs)["from"][0]["podSelector"]["matchLabels"],
+            **{"app.kubernetes.io/component": "ray-worker"},
+        ),
+        [
+            f"{REDIS_POLICY} ingress[0]: admits {WORKERS}, which is not the Ray head",
+            f"{HEAD}: the NetworkPolicy keeps the Ray head from Redis (its GCS could not start)",
+        ],
+    ),
+    (
+        "retention-set",
+        _drop_env("SUPERRES_RETENTION_INPUTS_DAYS"),
+        [f"{SETUP} setup: SUPERRES_RETENTION_INPUTS_DAYS is not set"],
+    ),
+    (
+        "retention-whole-days",
+        _set_env(SUPERRES_RETENTION_RECORDS_DAYS="30d"),
+        [
+            f"{SETUP} setup: SUPERRES_RETENTION_RECORDS_DAYS must be a whole number of days, 1 "
+            "or more, got '30d'"
+        ],
+    ),
+    (
+        "retention-at-least-a-day",
+        _set_env(SUPERRES_RETENTION_RESULTS_DAYS="0"),
+        [
+            f"{SETUP} setup: SUPERRES_RETENTION_RESULTS_DAYS must be a whole number of days, 1 "
+            "or more, got '0'"
+        ],
+    ),
+    (
+        "retention-cache-within-results",
+        _set_env(SUPERRES_RETENTION_CACHE_DAYS="8"),
+        [
+            f"{SETUP} setup: SUPERRES_RETENTION_CACHE_DAYS (8) is above "
+            "SUPERRES_RETENTION_RESULTS_DAYS (7): a cache hit could name a deleted result"
+        ],
+    ),
+    (
+        "retention-prefixes-apart",
+        _set_env(SUPERRES_S3_PREFIX="jobs/"),
+        [
+            f"{SETUP} setup: prefix jobs/inputs/ (SUPERRES_RETENTION_INPUTS_DAYS) is inside jobs/ "
+            "(SUPERRES_RETENTION_RESULTS_DAYS): give each its own folder"
+        ],
+    ),
+    (
+        "retention-job",
+        _update(_SETUP, command=["python", "-c", "pass"]),
+        [
+            "no Job runs `storage_jobs.py setup`, which sets the results bucket's lifecycle rules "
+            "(retention)"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [pytest.param(change, expected, id=rule) for rule, change, expected in DURABILITY_RULES],
+)
+def test_durability_rule_is_enforced(
+    rendered: dict[str, list[Resource]], change: Change, expected: list[str]
+) -> None:
+    assert validate_resources(rendered["gpu"], None) == []
+    assert validate_resources(_broken(rendered, change), None) == expected
+
+
+def test_redis_reads_its_password_from_the_file_the_init_container_writes(
+    rendered: dict[str, list[Resource]], tmp_path: Path
+) -> None:
+    resources = rendered["gpu"]
+    auth, redis = _REDIS_AUTH(resources), _REDIS(resources)
+    config, problem = durability.redis_config(
+        next(p for p in security.pods(resources) if p.where == REDIS),
+        redis,
+        security.configmaps(resources),
+    )
+    assert problem is None
+    assert config["appendonly"] == "yes"
+    auth_file = config["include"]
+    # The file is on the memory-backed volume both containers mount (read-only for Redis).
+    (folder,) = [m for m in auth["volumeMounts"] if auth_file.startswith(m["mountPath"] + "/")]
+    assert {"name": folder["name"], "mountPath": folder["mountPath"], "readOnly": True} in redis[
+        "volumeMounts"
+    ]
+    assert _volume(_REDIS_POD, folder["name"])(resources)["emptyDir"]["medium"] == "Memory"
+    script = auth["args"][0].replace(folder["mountPath"], str(tmp_path))
+
+    def run(password: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "REDIS_PASSWORD": password}
+        return subprocess.run(
+            ["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    done = run("0f3a-b9+/=._~")
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / posixpath.basename(auth_file)
+    assert written.read_text() == 'requirepass "0f3a-b9+/=._~"\n'
+    assert written.stat().st_mode & 0o077 == 0  # readable by Redis's user only
+    for bad in ("", 'a"b', "a b", "a\\b", "a\nrename-command CONFIG x"):
+        written.unlink(missing_ok=True)
+        refused = run(bad)
+        assert refused.returncode == 2, bad
+        assert "must be non-empty letters, digits or" in refused.stderr
+        assert not written.exists()
+
+
+def test_redis_configuration_is_read_as_redis_reads_it() -> None:
+    assert durability.split_address("redis:6379") == ("redis", 6379)
+    assert durability.split_address("redis://:pw@redis.superres.svc:6380") == (
+        "redis.superres.svc",
+        6380,
+    )
+    assert durability.split_address("a:1,b:2") == ("a", 1)
+    assert durability.split_address("redis") == ("redis", 6379)
+    spec = {
+        "volumes": [
+            {"name": "one", "configMap": {"name": "cm"}},
+            {"name": "two", "configMap": {"name": "cm", "items": [{"key": "k", "path": "r.conf"}]}},
+        ]
+    }
+    pod = security.Pod("x", "StatefulSet", spec, {})
+    settings = {"cm": {"k": "appendonly yes\ndir /data # not a comment\n", "b.conf": "dir /b"}}
+
+    def config(container: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+        return durability.redis_config(pod, container, settings)
+
+    sub = {"volumeMounts": [{"name": "one", "mountPath": "/etc/r.conf", "subPath": "b.conf"}]}
+    assert config({"args": ["/etc/r.conf", "--dir", "/x"], **sub}) == ({"dir": "/x"}, None)
+    items = {"volumeMounts": [{"name": "two", "mountPath": "/etc/redis"}]}
+    parsed, _ = config({"command": ["redis-server", "/etc/redis/r.conf"], **items})
+    assert parsed == {"appendonly": "yes", "dir": "/data # not a comment"}
+    assert config({"args": ["--appendonly", "yes"]}) == ({"appendonly": "yes"}, None)
+    assert config({}) == ({}, None)  # the image's redis-server with its defaults: no AOF
+    assert config({"command": ["sh"], "args": ["-c", "redis-server"]})[1] is not None
+    assert config({"args": ["/etc/redis/missing.conf"], **items})[1] == (
+        "its config file /etc/redis/missing.conf is not a ConfigMap key of the manifests"
+    )
+
+
 def _fake_mc(folder: Path) -> Path:
     """An `mc` that logs its arguments, keeps the policy file and remembers an attachment."""
     bin_dir = folder / "bin"
@@ -818,7 +1225,7 @@ esac
     return bin_dir
 
 
-def test_minio_user_script_makes_a_user_limited_to_the_results(tmp_path: Path) -> None:
+def test_minio_user_script_makes_a_user_limited_to_the_app_prefixes(tmp_path: Path) -> None:
     env = {
         "PATH": f"{_fake_mc(tmp_path)}:/usr/bin:/bin",
         "TMPDIR": str(tmp_path),
@@ -850,7 +1257,8 @@ def test_minio_user_script_makes_a_user_limited_to_the_results(tmp_path: Path) -
     ]
     log = (tmp_path / "mc.log").read_text().splitlines()
     assert log == [*once, "admin policy attach superres superres-results --user app", *once]
-    assert json.loads((tmp_path / "policy.json").read_text())["Statement"] == [
+    policy = json.loads((tmp_path / "policy.json").read_text())["Statement"]
+    assert policy == [
         {
             "Effect": "Allow",
             "Action": ["s3:GetBucketLocation", "s3:ListBucket"],
@@ -858,10 +1266,25 @@ def test_minio_user_script_makes_a_user_limited_to_the_results(tmp_path: Path) -
         },
         {
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject"],
-            "Resource": ["arn:aws:s3:::superres-results/results/*"],
+            "Action": [
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+            ],
+            "Resource": [
+                "arn:aws:s3:::superres-results/results/*",
+                "arn:aws:s3:::superres-results/results/jobs/*",
+                "arn:aws:s3:::superres-results/jobs/*",
+                "arn:aws:s3:::superres-results/cache/*",
+            ],
         },
     ]
+    # Every key prefix the lifecycle rules expire is one the Ray pods may write and delete.
+    granted = [r.removeprefix("arn:aws:s3:::superres-results/") for r in policy[1]["Resource"]]
+    for prefixes in storage_jobs.retention_prefixes("results/").values():
+        for prefix in prefixes:
+            assert any(prefix.startswith(g.rstrip("*")) for g in granted), prefix
     refused = run(APP_ACCESS_KEY_ID="root")
     assert refused.returncode == 2
     assert "the app's access key is MinIO's root user" in refused.stderr
@@ -1171,10 +1594,39 @@ class FakeS3:
         self.uploads.append(Key)
 
 
-def test_setup_creates_buckets_policy_and_expiry_and_can_run_again() -> None:
+def _rule(prefix: str, days: int) -> dict[str, Any]:
+    return {
+        "ID": "expire-" + prefix.strip("/").replace("/", "-"),
+        "Status": "Enabled",
+        "Filter": {"Prefix": prefix},
+        "Expiration": {"Days": days},
+    }
+
+
+RETENTION_DAYS = {
+    "SUPERRES_RETENTION_RESULTS_DAYS": 7,
+    "SUPERRES_RETENTION_INPUTS_DAYS": 1,
+    "SUPERRES_RETENTION_RECORDS_DAYS": 30,
+    "SUPERRES_RETENTION_CACHE_DAYS": 7,
+}
+# What the defaults of k8s/base/settings.yaml expire, and when (days).
+RETENTION_RULES = [
+    _rule("results/", 7),  # results/jobs/ is inside: no rule of its own
+    _rule("jobs/inputs/", 1),
+    _rule("jobs/records/", 30),
+    _rule("jobs/active/", 30),
+    _rule("jobs/progress/", 30),
+    _rule("jobs/idempotency/", 30),
+    _rule("cache/", 7),
+]
+
+
+def test_setup_creates_buckets_policy_and_retention_and_can_run_again() -> None:
     s3 = FakeS3({"superres-results"})
     for _ in range(2):
-        storage_jobs.setup(s3, results="superres-results", prefix="results/", days=7, weights="w")
+        storage_jobs.setup(
+            s3, results="superres-results", prefix="results/", days=RETENTION_DAYS, weights="w"
+        )
     assert s3.buckets == {"superres-results", "w"}
     policy = json.loads(s3.policies["w"])
     assert policy["Statement"] == [
@@ -1186,21 +1638,75 @@ def test_setup_creates_buckets_policy_and_expiry_and_can_run_again() -> None:
             "Resource": ["arn:aws:s3:::w/*"],
         }
     ]
-    assert s3.lifecycles == {
-        "superres-results": {
-            "Rules": [
-                {
-                    "ID": "expire-results",
-                    "Status": "Enabled",
-                    "Filter": {"Prefix": "results/"},
-                    "Expiration": {"Days": 7},
-                }
-            ]
-        }
-    }
+    assert s3.lifecycles == {"superres-results": {"Rules": RETENTION_RULES}}
     assert "superres-results" not in s3.policies  # results stay private: presigned URLs only
+    # Another results prefix: the jobs' results (a fixed key of models/jobs.py) get their own rule.
+    rules = storage_jobs.retention_rules(RETENTION_DAYS, "out/")["Rules"]
+    assert rules[:2] == [_rule("out/", 7), _rule("results/jobs/", 7)]
     with pytest.raises(storage_jobs.StorageJobError, match="1 or more"):
-        storage_jobs.setup(s3, results="r", prefix="", days=0, weights="w")
+        storage_jobs.setup(
+            s3,
+            results="r",
+            prefix="results/",
+            days={**RETENTION_DAYS, "SUPERRES_RETENTION_INPUTS_DAYS": 0},
+            weights="w",
+        )
+
+
+def test_retention_settings_are_read_strictly() -> None:
+    env = {name: str(days) for name, days in RETENTION_DAYS.items()}
+    assert storage_jobs.read_retention(env) == RETENTION_DAYS
+    for name, value, message in [
+        ("SUPERRES_RETENTION_CACHE_DAYS", "", "SUPERRES_RETENTION_CACHE_DAYS is not set"),
+        ("SUPERRES_RETENTION_INPUTS_DAYS", "1d", "got '1d'"),
+        ("SUPERRES_RETENTION_RECORDS_DAYS", "0", "1 or more, got '0'"),
+        ("SUPERRES_RETENTION_RESULTS_DAYS", "-3", "whole number"),
+    ]:
+        with pytest.raises(storage_jobs.StorageJobError, match=re.escape(message)):
+            storage_jobs.read_retention({**env, name: value})
+    # An empty results prefix would expire every key with the results; overlaps would apply the
+    # shortest expiry to the overlap, silently.
+    with pytest.raises(storage_jobs.StorageJobError, match="must be a folder"):
+        storage_jobs.retention_rules(RETENTION_DAYS, "")
+    with pytest.raises(storage_jobs.StorageJobError, match=r"jobs/inputs/ \(SUPERRES_RETENTION_IN"):
+        storage_jobs.retention_rules(RETENTION_DAYS, "jobs/")
+
+
+def test_retention_covers_every_key_prefix_of_the_job_system() -> None:
+    jobs = pytest.importorskip("models.jobs")  # the job system (issue 11), as it names its keys
+    prefixes = {
+        value
+        for name, value in vars(jobs).items()
+        if name.isupper() and isinstance(value, str) and value.endswith("/")
+    }
+    assert {"jobs/records/", "jobs/inputs/", "cache/", "results/jobs/"} <= prefixes
+    covered = [p for values in storage_jobs.retention_prefixes("results/").values() for p in values]
+    for prefix in prefixes:
+        assert any(prefix.startswith(c) for c in covered), f"{prefix} never expires"
+
+
+def test_setup_job_sets_the_retention_of_the_rendered_settings(
+    rendered: dict[str, list[Resource]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The setup Job's own environment (ConfigMaps as rendered) gives the rules of settings.yaml."""
+    settings = security.configmaps(rendered["gpu"])
+    (setup,) = [
+        c
+        for p in security.pods(rendered["gpu"])
+        if p.kind == "Job"
+        for c in p.containers
+        if c["name"] == "setup"
+    ]
+    env = security.container_env(setup, settings)
+    env.update(SUPERRES_S3_ACCESS_KEY_ID="root", SUPERRES_S3_SECRET_ACCESS_KEY="root-secret")
+    s3 = FakeS3()
+    monkeypatch.setattr(storage_jobs, "make_client", lambda env: s3)
+    assert storage_jobs.main([setup["command"][-1]], env=env) == 0
+    assert s3.lifecycles == {"superres-results": {"Rules": RETENTION_RULES}}
+    env["SUPERRES_RETENTION_CACHE_DAYS"] = "seven"
+    s3 = FakeS3()
+    assert storage_jobs.main(["setup"], env=env) == 2
+    assert s3.lifecycles == {}
 
 
 def test_stage_weights_fetches_with_the_cli_and_uploads_what_is_missing(tmp_path: Path) -> None:
