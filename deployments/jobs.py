@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
+from ray.serve import metrics
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
@@ -31,14 +32,14 @@ from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
 from models.storage import StorageUnavailableError
+from models.urlguard import UrlRefusedError, apost_json
+from models.webhooks import EventType, WebhookSecret, deliver, parse_secret
 
 log = logging.getLogger("ray.serve")
 
 RECOVER_EVERY_S = 5.0
 MAX_ATTEMPTS = 6
 BACKOFF_S, MAX_BACKOFF_S = 2.0, 30.0
-
-Deliver = Callable[[JobRecord], Coroutine[Any, Any, list[dict[str, Any]]]]
 
 
 def classify(exc: BaseException) -> tuple[bool, JobError]:
@@ -71,16 +72,35 @@ class JobRunner:
         custom_models: list[CustomModel],
         limits: Limits,
         max_concurrent: int = 8,
-        deliver: Deliver | None = None,
     ) -> None:
         self._jobs = JobStore(ResultStore(settings.storage()))
         self._upscaler, self._faces = upscaler, faces
         self._registry = build_registry(custom_models)
         self._limits = limits
-        self._deliver = deliver
+        secret = settings.webhook_secret
+        self._secret = None if secret is None else parse_secret(secret.get_secret_value())
+        self._post = partial(apost_json, policy=settings.url_policy(limits.max_upload_bytes))
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._finished: Counter[str] = Counter()
+        self._cache: Counter[str] = Counter()  # "hit" / "miss"
+        self._queued = 0  # unfinished jobs seen in the store, last round
+        self._jobs_total = metrics.Counter(
+            "superres_jobs",
+            description="Jobs finished, by operation and status.",
+            tag_keys=("operation", "status"),  # type: ignore[arg-type]  # Ray types tuple[str]
+        )
+        self._queue_seconds = metrics.Histogram(
+            "superres_job_queue_seconds",
+            description="From a job's acceptance to its first attempt.",
+            boundaries=[0.1, 0.5, 1, 5, 10, 30, 60, 300, 900],
+        )
+        self._depth = metrics.Gauge("superres_jobs_unfinished", description="Jobs not finished.")
+        self._cache_lookups = metrics.Counter(
+            "superres_cache_lookups",
+            description="Result cache lookups, by outcome.",
+            tag_keys=("outcome",),
+        )
         self._recovery = asyncio.get_running_loop().create_task(self._recover_forever())
 
     async def submit(self, job_id: str) -> None:
@@ -96,7 +116,13 @@ class JobRunner:
         return True
 
     async def stats(self) -> dict[str, Any]:
-        return {"running": len(self._running), "finished": dict(self._finished)}
+        lookups = sum(self._cache.values())
+        return {
+            "running": len(self._running),
+            "unfinished": self._queued,
+            "finished": dict(self._finished),
+            "cache_hit_rate": round(self._cache["hit"] / lookups, 4) if lookups else None,
+        }
 
     def _start(self, job_id: str) -> None:
         if job_id in self._running:
@@ -108,7 +134,10 @@ class JobRunner:
     async def _recover_forever(self) -> None:
         while True:
             try:
-                for job_id in await asyncio.to_thread(self._jobs.active_ids):
+                active = await asyncio.to_thread(self._jobs.active_ids)
+                self._queued = len(active)
+                self._depth.set(len(active))
+                for job_id in active:
                     self._start(job_id)
             except Exception as exc:  # storage down: try again next round
                 log.warning("looking for unfinished jobs failed: %s", exc)
@@ -128,13 +157,26 @@ class JobRunner:
             record.status, record.finished_at = "cancelled", now()
             await asyncio.shield(asyncio.to_thread(self._jobs.save, record))
             raise
-        if self._deliver is not None and record.webhook_url:
-            record.deliveries += await self._deliver(record)
+        if record.webhook_url and self._secret is not None and record.status != "cancelled":
+            record.deliveries.append(await self._notify(record, record.webhook_url, self._secret))
         await asyncio.to_thread(self._jobs.save, record)
         self._finished[record.status] += 1
+        self._jobs_total.inc(tags={"operation": record.operation, "status": record.status})
+
+    async def _notify(self, record: JobRecord, url: str, secret: WebhookSecret) -> dict[str, Any]:
+        """The job's event, signed (Standard Webhooks) and retried; how it went, for the record."""
+        event: EventType = "job.succeeded" if record.status == "succeeded" else "job.failed"
+        data = record.model_dump(mode="json", exclude={"request_hash", "owner", "deliveries"})
+        delivery = await deliver(
+            url, event, data, secret, self._post, give_up_on=(UrlRefusedError,)
+        )
+        return delivery.model_dump(mode="json")
 
     async def _attempts(self, record: JobRecord) -> None:
         cached = await asyncio.to_thread(self._jobs.cached, record.request_hash)
+        outcome = "miss" if cached is None else "hit"
+        self._cache[outcome] += 1
+        self._cache_lookups.inc(tags={"outcome": outcome})
         if cached is not None:
             record.status, record.result, record.cache_hit = "succeeded", cached, True
             record.finished_at = now()
@@ -144,6 +186,7 @@ class JobRunner:
             record.status, record.finished_at = "failed", now()
             record.error = JobError(code="input_missing", message="the job's input has expired")
             return
+        self._queue_seconds.observe((now() - record.created_at).total_seconds())
         for attempt in range(MAX_ATTEMPTS):
             record.status, record.started_at = "running", record.started_at or now()
             record.attempts += 1

@@ -35,8 +35,12 @@ class UnknownModelError(ModelError, KeyError):
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         self.name = name
+        self.known = known
         hint = f"; known models: {', '.join(sorted(known))}" if known else ""
         super().__init__(f"unknown model {name!r}{hint}")
+
+    def __reduce__(self) -> tuple[type[UnknownModelError], tuple[str, list[str] | None]]:
+        return type(self), (self.name, self.known)  # crosses Ray as itself, not re-wrapped
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

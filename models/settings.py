@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.storage import StorageSettings
+from models.urlguard import UrlPolicy
+from models.webhooks import parse_secret
 from models.weights import WeightsStore
 
 
@@ -40,6 +42,11 @@ class Settings(BaseSettings):
     # Who may call: hashed API keys (python -m serve_app keys create); unset = auth off
     api_keys_file: Path | None = None
 
+    # Jobs: image_url / webhook_url may reach only public addresses, plus these hosts or CIDRs
+    url_allowlist: str = ""
+    # Signs job webhooks (Standard Webhooks, "whsec_..."); unset: webhook_url is refused
+    webhook_secret: SecretStr | None = None
+
     @field_validator("weights_mirrors", mode="before")
     @classmethod
     def _split_mirrors(cls, value: object) -> object:
@@ -53,6 +60,13 @@ class Settings(BaseSettings):
         for mirror in value:
             if not mirror.startswith(("http://", "https://")):
                 raise ValueError(f"weights mirror {mirror!r} must be an http(s) URL")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_secret(value.get_secret_value())  # a clear error at start, never the secret
         return value
 
     @model_validator(mode="after")
@@ -76,6 +90,10 @@ class Settings(BaseSettings):
             url_ttl_s=self.s3_url_ttl_s,
             create_bucket=self.s3_create_bucket,
         )
+
+    def url_policy(self, max_bytes: int) -> UrlPolicy:
+        """The guarded client's policy for image_url and webhook_url."""
+        return UrlPolicy.from_allowlist_string(self.url_allowlist, max_bytes=max_bytes)
 
     def weights_store(self) -> WeightsStore:
         return WeightsStore(

@@ -21,10 +21,12 @@ from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from deployments.quota import QuotaExceeded
 from models import errors as e
 from models.storage import StorageUnavailableError
+from models.urlguard import UrlFetchError
 from serve_app.auth import Unauthorized
 
 log = logging.getLogger("ray.serve")
@@ -61,7 +63,8 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(e.UnsupportedImageTypeError, 415),
     _Rule(e.AnimatedImageError, 415),
     _Rule(e.CorruptImageError, 400),
-    _Rule(e.ImageTooLargeError, 413),
+    _Rule(e.ImageTooLargeError, 413),  # UrlTooLargeError too
+    _Rule(UrlFetchError, 422, own_code="url_unreachable"),
     _Rule(e.UnknownModelError, 400),
     _Rule(e.InvalidOptionError, 400),
     _Rule(ValidationError, 422, own_code="validation_error"),
@@ -74,10 +77,20 @@ _RULES: tuple[_Rule, ...] = (
 
 def validation_message(errors: Sequence[Any]) -> str:
     """One line naming each invalid field and why (pydantic's or FastAPI's error list)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'] if p not in ('body', 'query'))}: {err['msg']}"
-        for err in errors
-    )
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err["loc"] if p not in ("body", "query"))
+        parts.append(f"{where}: {err['msg']}" if where else str(err["msg"]))
+    return "; ".join(parts)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path takes."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -132,9 +145,12 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(ApiError(422, "validation_error", validation_message(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(ApiError(exc.status_code, code, str(exc.detail)), exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route of the path only
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)), headers)
 
     # Raised outside a route's own handling (the key dependency, status routes): handled here
     # by class, so Starlette's server-error middleware never sees (or re-raises) them.

@@ -9,6 +9,7 @@ options models as the HTTP routes.
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, TypeVar
@@ -25,7 +26,6 @@ from deployments.quota import hold_quota
 from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
-from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
 from serve_app.auth import KeyRing
@@ -34,6 +34,7 @@ from serve_app.errors import ApiError, error_response, install_handlers, to_api_
 from serve_app.jobs import Jobs
 from serve_app.jobs_api import router as jobs_router
 from serve_app.keys import Principal
+from serve_app.metrics import RequestMetrics
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
@@ -45,6 +46,9 @@ Options = TypeVar("Options", bound=BaseModel)
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 429, 503)
 }
+STATUS_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 503)
+}
 
 
 app = FastAPI(
@@ -54,23 +58,6 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(jobs_router)
-
-
-def _answer(stored: StoredImage) -> UpscaleResult:
-    return UpscaleResult(
-        id=stored.key,
-        url=stored.url,
-        expires_at=stored.expires_at,
-        width=stored.width,
-        height=stored.height,
-        format=stored.format,
-        content_type=stored.content_type,
-        model=stored.model,
-        scale=stored.scale,
-        bytes=stored.bytes,
-        timings=stored.timings,
-        faces=None if stored.faces is None else list(stored.faces),
-    )
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, max_queued_requests=64)
@@ -98,13 +85,20 @@ class Ingress:
             log.warning("API keys are OFF: anyone who reaches this service can use it")
         self._quotas = quotas
         self._status = LastKnown()
+        self._metrics = RequestMetrics()
         self._upscaler = upscaler
         self._faces = face_restorer
         self._registry = build_registry(custom_models)
         self._default_model = default_model
         self._limits = limits
         self._store = ResultStore(settings.storage())
-        self.jobs = None if runner is None else Jobs(self._store, runner, limits, default_model)
+        policy = settings.url_policy(limits.max_upload_bytes)
+        hooks = settings.webhook_secret is not None
+        self.jobs = (
+            None
+            if runner is None
+            else Jobs(self._store, runner, limits, default_model, policy, webhooks=hooks)
+        )
         try:
             self._store.ensure_bucket()
         except Exception as exc:  # storage down at start: /readyz says so; requests get 503
@@ -153,7 +147,12 @@ class Ingress:
         """Restore the faces of one image with GFPGAN v1.4 and upscale the rest."""
         return await self._http(request, options, caller, self._face_enhance)
 
-    @app.get("/v1/models", response_model=list[ModelInfo], dependencies=[Depends(require_key)])
+    @app.get(
+        "/v1/models",
+        response_model=list[ModelInfo],
+        responses=STATUS_ERRORS,
+        dependencies=[Depends(require_key)],
+    )
     async def list_models(self) -> list[dict[str, Any]]:
         upscalers = await self._status.get("upscaler models", self._upscaler.models.remote)
         models = [dict(m, ready=m["loaded"]) for m in upscalers]
@@ -161,9 +160,12 @@ class Ingress:
             models += await self._status.get("face models", self._faces.models.remote)
         return models
 
-    @app.get("/v1/stats", dependencies=[Depends(require_key)])
+    @app.get("/v1/stats", responses=STATUS_ERRORS, dependencies=[Depends(require_key)])
     async def stats(self) -> dict[str, Any]:
-        stats = {"upscaler": await self._status.get("upscaler stats", self._upscaler.stats.remote)}
+        stats = {
+            "upscaler": await self._status.get("upscaler stats", self._upscaler.stats.remote),
+            "requests": self._metrics.stats(),  # this Ingress replica's
+        }
         if self.jobs is not None:
             stats["jobs"] = await self._status.get("job stats", self.jobs.runner.stats.remote)
         return stats
@@ -224,6 +226,9 @@ class Ingress:
         run: Callable[[bytes, Options], Awaitable[UpscaleResult]],
     ) -> Response:
         """The quota is taken before the body is read; every failure becomes its JSON error."""
+        started = time.perf_counter()
+        route = request.url.path.rsplit("/", 1)[-1]
+        model = getattr(options, "model", None) or getattr(options, "background_model", None)
         try:
             async with self._admitted(), self._quota(caller):
                 limits = self._limits
@@ -234,7 +239,11 @@ class Ingress:
                     return await self._accepted(caller, options, data)
                 result = await run(data, options)
         except Exception as exc:
-            return error_response(to_api_error(exc))
+            error = to_api_error(exc)
+            self._metrics.observe(route, str(model or self._default_model), error.status, 0)
+            return error_response(error)
+        elapsed = time.perf_counter() - started
+        self._metrics.observe(route, result.model, 200, elapsed)
         return JSONResponse(result.model_dump(mode="json"))
 
     async def _accepted(self, caller: Principal, options: BaseModel, data: bytes) -> Response:
@@ -268,11 +277,13 @@ class Ingress:
         options = options.model_copy(update={"model": options.model or self._default_model})
         model_id = variant_id(self._registry.get(str(options.model)), options.denoise)
         handle = self._upscaler.options(multiplexed_model_id=model_id)
-        return _answer(await handle.upscale.remote(pack(data), options, self._limits))
+        stored = await handle.upscale.remote(pack(data), options, self._limits)
+        return UpscaleResult.from_stored(stored)
 
     async def _face_enhance(self, data: bytes, options: FaceEnhanceOptions) -> UpscaleResult:
         if self._faces is None:
             raise ApiError(503, "model_unavailable", "face enhancement is not enabled", 5)
         background = options.background_model or self._default_model
         options = options.model_copy(update={"background_model": background})
-        return _answer(await self._faces.enhance.remote(pack(data), options, self._limits))
+        stored = await self._faces.enhance.remote(pack(data), options, self._limits)
+        return UpscaleResult.from_stored(stored)

@@ -16,6 +16,7 @@ from models.jobs import TERMINAL, JobRecord, JobStore, new_id, now, request_hash
 from models.limits import Limits
 from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.storage import ObjectStore
+from models.urlguard import UrlPolicy, afetch, check_url
 from serve_app.errors import ApiError, validation_message
 from serve_app.keys import Principal
 
@@ -38,14 +39,16 @@ class Jobs:
         runner: DeploymentHandle,
         limits: Limits,
         default_model: str,
-        fetch: Any = None,
+        policy: UrlPolicy,
+        webhooks: bool = False,
     ) -> None:
         self.store = store
         self.jobs = JobStore(store)
         self.runner = runner
         self.limits = limits
         self.default_model = default_model
-        self.fetch = fetch  # image_url -> bytes through the guarded client (None: URLs refused)
+        self.policy = policy  # the guarded client's, for image_url and webhook_url
+        self.webhooks = webhooks  # a signing secret is configured
 
     def options(self, operation: str, raw: dict[str, Any]) -> dict[str, Any]:
         """The operation's options validated and with the default model named (so a cached result
@@ -72,6 +75,8 @@ class Jobs:
         idempotency_key: str | None,
     ) -> list[JobRecord]:
         chosen = self.options(operation, options)
+        if webhook_url:
+            await self.check_webhook(webhook_url)
         operation = chosen.pop("operation")
         digests = [hashlib.sha256(image).hexdigest() for image in images]
         body_hash = request_hash(operation, {**chosen, "webhook": webhook_url}, ",".join(digests))
@@ -118,6 +123,16 @@ class Jobs:
         ids = await asyncio.to_thread(self.jobs.all_ids)
         found = [await asyncio.to_thread(self.jobs.get, i) for i in ids]
         return [r for r in found if r is not None and r.batch_id == record.batch_id]
+
+    async def check_webhook(self, url: str) -> None:
+        """Refused now rather than when the job is done."""
+        if not self.webhooks:
+            raise ApiError(400, "invalid_option", "webhooks are not configured on this service")
+        await asyncio.to_thread(check_url, url, self.policy)
+
+    async def fetch(self, url: str) -> bytes:
+        """An ``image_url``'s bytes through the guarded client (public addresses only)."""
+        return await afetch(url, self.policy)
 
     async def get(self, caller: Principal, job_id: str) -> JobRecord:
         record = await asyncio.to_thread(self.jobs.get, job_id)

@@ -22,6 +22,7 @@ from serve_app.deps import replica, require_key
 from serve_app.errors import ApiError, validation_message
 from serve_app.jobs import OPTIONS, Jobs
 from serve_app.keys import Principal
+from serve_app.schemas import ErrorResponse
 from serve_app.upload import MULTIPART_OVERHEAD, limited, sniffed
 
 MAX_BATCH = 16
@@ -39,6 +40,37 @@ class JobRequest(BaseModel):
     image_url: str | None = None
     image_urls: list[str] = Field(default_factory=list, max_length=MAX_BATCH)
     webhook_url: str | None = None
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+_BINARY = {"type": "string", "format": "binary"}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": _BINARY, "maxItems": MAX_BATCH},
+                        "image_url": {"type": "array", "items": {"type": "string"}},
+                        "operation": {"type": "string", "enum": ["upscale", "face-enhance"]},
+                        "options": {
+                            "type": "string",
+                            "description": "The operation's options as a JSON object.",
+                        },
+                        "webhook_url": {"type": "string"},
+                    },
+                    "additionalProperties": False,
+                }
+            },
+            "application/json": {"schema": JobRequest.model_json_schema()},
+        },
+    }
+}
 
 
 def _jobs() -> Jobs:
@@ -84,13 +116,23 @@ async def _form(request: Request, limits: Limits) -> tuple[dict[str, Any], list[
     return fields, files, urls
 
 
-@router.post("", status_code=202, dependencies=[])
+@router.post(
+    "",
+    status_code=202,
+    responses=_errors(400, 401, 409, 413, 415, 422, 503),
+    openapi_extra=CREATE_BODY,
+)
 async def create_jobs(
     request: Request, caller: Annotated[Principal, Depends(require_key)]
 ) -> dict[str, Any]:
     """Create one job per image (multipart ``file`` parts or ``image_url`` values)."""
     jobs = _jobs()
-    if request.headers.get("content-type", "").startswith("application/json"):
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith(("application/json", "multipart/form-data")):
+        raise ApiError(
+            415, "unsupported_media_type", "send multipart/form-data or application/json"
+        )
+    if ctype.startswith("application/json"):
         raw = b"".join([c async for c in limited(request, 64 * 1024)])
         try:
             body = JobRequest.model_validate_json(raw)
@@ -108,10 +150,9 @@ async def create_jobs(
     unknown = set(fields) - {"operation", "options", "webhook_url"}
     if unknown:
         raise ApiError(422, "validation_error", f"unknown fields: {', '.join(sorted(unknown))}")
-    if urls:
-        if jobs.fetch is None:
-            raise ApiError(400, "invalid_option", "image_url is not enabled on this service")
-        files += [sniffed(await jobs.fetch(url)) for url in urls]
+    if fields.get("webhook_url"):
+        await jobs.check_webhook(str(fields["webhook_url"]))
+    files += [sniffed(await jobs.fetch(url)) for url in urls]
     if not files or len(files) > MAX_BATCH:
         raise ApiError(
             400, "missing_file", f"send 1 to {MAX_BATCH} images as 'file' or 'image_url'"
@@ -131,7 +172,7 @@ async def create_jobs(
     return views[0] if len(views) == 1 else {"batch_id": records[0].batch_id, "jobs": views}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=_errors(401, 404, 503))
 async def get_job(
     job_id: str, caller: Annotated[Principal, Depends(require_key)]
 ) -> dict[str, Any]:
@@ -139,7 +180,7 @@ async def get_job(
     return await jobs.view(await jobs.get(caller, job_id))
 
 
-@router.delete("/{job_id}")
+@router.delete("/{job_id}", responses=_errors(401, 404, 409, 503))
 async def cancel_job(
     job_id: str, caller: Annotated[Principal, Depends(require_key)]
 ) -> dict[str, Any]:
@@ -147,7 +188,7 @@ async def cancel_job(
     return await jobs.view(await jobs.cancel(caller, job_id))
 
 
-@router.get("")
+@router.get("", responses=_errors(401, 422, 503))
 async def list_jobs(
     caller: Annotated[Principal, Depends(require_key)],
     status: Annotated[

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.results import FaceBox
+from models.results import FaceBox, StoredImage
 
 
 class UpscaleResult(BaseModel):
@@ -22,6 +22,23 @@ class UpscaleResult(BaseModel):
     bytes: int
     timings: dict[str, float] = Field(default_factory=dict)
     faces: list[FaceBox] | None = None
+
+    @classmethod
+    def from_stored(cls, stored: StoredImage) -> UpscaleResult:
+        return cls(
+            id=stored.key,
+            url=stored.url,
+            expires_at=stored.expires_at,
+            width=stored.width,
+            height=stored.height,
+            format=stored.format,
+            content_type=stored.content_type,
+            model=stored.model,
+            scale=stored.scale,
+            bytes=stored.bytes,
+            timings=stored.timings,
+            faces=None if stored.faces is None else list(stored.faces),
+        )
 
 
 class ModelInfo(BaseModel):

@@ -383,6 +383,7 @@ def test_a_compiled_upscaler_serves_the_same_pixels(serve_app, tiny_weights) -> 
         preload=["tiny-x4"],
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
+        jobs=False,  # one JobRunner per bucket: the session app's
         compile="on",
         backend="torch",
     )

@@ -39,6 +39,7 @@ def auth_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[AuthApp]:
         preload=["tiny-x4"],
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
+        jobs=False,  # one JobRunner per bucket: the session app's
     )
     settings = serve_app.settings.model_copy(update={"api_keys_file": path})
     serve.run(build(args, settings), name="auth-test", route_prefix="/auth-test")

@@ -84,6 +84,7 @@ def face_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[str]:
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_weights={"gfpgan-v1.4": {"path": str(path), "sha256": sha}},
         limits=TEST_LIMITS,
+        jobs=False,  # one JobRunner per bucket: the session app's
     )
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     app = build(args, serve_app.settings, face_detector=AstronautDetector())

@@ -81,31 +81,7 @@ AUTH_CHECKS = ("ignored_auth",)  # only where keys are on
 #   has no resources to create and fetch.
 
 # Reported app bugs: their check is expected to fail until fixed.
-_UNDOCUMENTED_401 = (
-    "BUG: with API keys on, GET /v1/models and GET /v1/stats answer 401 (no or a wrong key) but "
-    "their OpenAPI responses list only 200 (serve_app/ingress.py: add responses= with 401 "
-    "ErrorResponse, as the POST routes have)"
-)
-_JOBS_500 = (
-    "BUG: POST /v1/jobs without a Content-Type header is a 500: starlette's MultiPartParser raises "
-    "KeyError('Content-Type') (serve_app/jobs_api.py _form; fix: refuse what is neither JSON nor "
-    "multipart with 415 before parsing)"
-)
-_JOBS_UNDOCUMENTED = (
-    "BUG: the /v1/jobs routes declare no error responses (404 for an unknown job id, 401 with keys "
-    "on, ...) and POST /v1/jobs no request body; OPTIONS answers 405 with an Allow header naming "
-    "one of the path's two methods (serve_app/jobs_api.py: responses= and openapi_extra as the "
-    "sync routes have; serve_app/errors.py: Allow from every route of the path)"
-)
-KNOWN_BUGS = {  # (test, target or "*", operation) -> the reported bug
-    ("checks", "keyed", "GET /v1/models"): _UNDOCUMENTED_401,
-    ("checks", "keyed", "GET /v1/stats"): _UNDOCUMENTED_401,
-    ("checks", "*", "POST /v1/jobs"): f"{_JOBS_500}; {_JOBS_UNDOCUMENTED}",
-    ("checks", "keyed", "GET /v1/jobs"): _JOBS_UNDOCUMENTED,
-    ("checks", "*", "GET /v1/jobs/{job_id}"): _JOBS_UNDOCUMENTED,
-    ("checks", "*", "DELETE /v1/jobs/{job_id}"): _JOBS_UNDOCUMENTED,
-    ("5xx", "*", "POST /v1/jobs"): _JOBS_500,
-}
+KNOWN_BUGS: dict[tuple[str, str, str], str] = {}  # (test, target or "*", operation) -> the bug
 TRANSIENT_CODES = {"model_unavailable", "storage_unavailable", "overloaded"}
 
 
@@ -240,7 +216,9 @@ def keyed_target(serve_app, tiny_weights, tmp_path_factory) -> Iterator[Target]:
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
     )
-    settings = serve_app.settings.model_copy(update={"api_keys_file": path})
+    # its own bucket: one JobRunner per bucket
+    update = {"api_keys_file": path, "s3_bucket": "superres-fuzz-keyed"}
+    settings = serve_app.settings.model_copy(update=update)
     serve.run(build(args, settings), name="fuzz-keyed", route_prefix="/fuzz-keyed")
     yield Target(f"{serve_app.url}/fuzz-keyed", key)
     serve.delete("fuzz-keyed")
@@ -484,12 +462,6 @@ def test_the_fuzzer_sent_bodies_and_real_images(fuzz_run: FuzzRun, operation: st
 # --- found by fuzzing ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UnknownModelError does not survive pickling (Ray boundary): unpickling calls "
-    "UnknownModelError(message), so the 400 says 'unknown model \"unknown model ...\"' "
-    "(models/errors.py; fix: __reduce__ returning (cls, (name, known)))",
-)
 @pytest.mark.parametrize("name", ["gfpgan-v1.4", "realesrgan-x2plus"])
 def test_a_model_the_upscaler_does_not_serve_is_named_once(serve_app, name: str) -> None:
     """Names the app's registry knows but its Upscaler does not serve reach the replica, which

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.serve
 def slow_jobs(serve_app, tiny_weights) -> Iterator[str]:
     from ray import serve
 
-    yield deploy_slow(serve_app, tiny_weights, "slow-jobs")
+    yield deploy_slow(serve_app, tiny_weights, "slow-jobs", bucket="superres-slow-jobs")
     serve.delete("slow-jobs")
 
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.serve
 ONGOING, QUEUED, EXTRA = 1, 1, 4
 
 
-def deploy_slow(serve_app, tiny_weights, name: str, **args: object) -> str:
+def deploy_slow(
+    serve_app, tiny_weights, name: str, bucket: str | None = None, **args: object
+) -> str:
     """An app whose one Upscaler replica takes one request at a time and queues one more; 16-px
     tiles one per forward pass make each request take a while."""
     from ray import serve
@@ -29,6 +31,7 @@ def deploy_slow(serve_app, tiny_weights, name: str, **args: object) -> str:
         preload=["tiny-x4"],
         custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
         face_enhance=False,
+        jobs=bucket is not None,  # a JobRunner of its own needs a bucket of its own
         **args,  # type: ignore[arg-type]
     )
     options = {
@@ -38,7 +41,10 @@ def deploy_slow(serve_app, tiny_weights, name: str, **args: object) -> str:
             "user_config": {"tile": 16, "max_batch_size": 1, "batch_wait_timeout_s": 0},
         }
     }
-    serve.run(build(app_args, serve_app.settings, options), name=name, route_prefix=f"/{name}")
+    settings = serve_app.settings
+    if bucket is not None:
+        settings = settings.model_copy(update={"s3_bucket": bucket})
+    serve.run(build(app_args, settings, options), name=name, route_prefix=f"/{name}")
     return f"{serve_app.url}/{name}"
 
 

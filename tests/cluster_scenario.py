@@ -1,0 +1,191 @@
+"""A real two-node Ray cluster on this machine, losing the node that runs the Upscaler mid-job.
+
+Run by tests/test_jobs_cluster.py in its own process (a driver connects to one cluster only):
+``python -m tests.cluster_scenario WORKDIR`` prints one JSON line of findings. The head runs the
+Ingress and the JobRunner; a second node (its own raylet, started with ``ray start --address``)
+holds the custom resource the Upscaler needs. Everything started here is stopped here: each node
+is a ``ray start --block`` process in its own session, killed by process group (never ``ray stop``,
+which would end every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_node(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill(node: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(node.pid, signal.SIGKILL)
+    node.wait(timeout=30)
+
+
+def wait(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise TimeoutError(what)
+
+
+def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    return dict(client.get(f"/v1/jobs/{job_id}").json())
+
+
+def main(workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from tests.s3server import start_test_s3
+    from tests.test_api import encode, noise
+    from tests.tiny_models import save_tiny_compact
+
+    s3 = start_test_s3(workdir / "s3")
+    port = free_port()
+    env = {**os.environ, "RAY_TMPDIR": str(workdir / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
+    Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    head = start_node(
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        '--resources={"head": 100}',
+        env=env,
+    )
+    worker_args = (
+        f"--address=127.0.0.1:{port}",
+        "--num-cpus=2",
+        '--resources={"upscaler_node": 1}',
+    )
+    worker = start_node(*worker_args, env=env)
+    findings: dict[str, Any] = {}
+    try:
+        import ray
+        from ray import serve
+
+        from models.settings import Settings
+        from serve_app.app import AppArgs, build
+
+        os.environ.update(env)
+        wait(lambda: _connect(ray, port), 60, "the head")
+        wait(lambda: ray.cluster_resources().get("upscaler_node"), 60, "the second node")
+        weights = workdir / "tiny-x4.safetensors"
+        sha = save_tiny_compact(weights, scale=4)
+        storage = s3.settings(bucket="cluster-test")
+        settings = Settings(
+            weights_dir=workdir / "weights",
+            allow_download=False,
+            s3_endpoint_url=storage.endpoint_url,
+            s3_access_key_id=storage.access_key_id,
+            s3_secret_access_key=storage.secret_access_key,
+            s3_bucket=storage.bucket,
+        )
+        args = AppArgs(
+            default_model="tiny-x4",
+            models=[],
+            preload=["tiny-x4"],
+            custom_models=[{"name": "tiny-x4", "path": str(weights), "sha256": sha}],
+            face_enhance=False,
+        )
+        on_head = {"ray_actor_options": {"num_cpus": 0, "resources": {"head": 1}}}
+        options = {
+            "Ingress": on_head,
+            "JobRunner": on_head,
+            "Upscaler": {
+                "ray_actor_options": {"num_cpus": 1, "resources": {"upscaler_node": 0.5}},
+                "user_config": {"tile": 16, "max_batch_size": 1, "batch_wait_timeout_s": 0},
+            },
+        }
+        http = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": http})
+        serve.run(build(args, settings, options), name="cluster", route_prefix="/")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=60)
+        image = encode(noise(800, 800, seed=51))
+
+        # 1. the node running the Upscaler dies mid-job; a new node joins; the job finishes once
+        r = client.post(
+            "/v1/jobs", files={"file": ("in.png", image)}, data={"options": '{"scale": 1}'}
+        )
+        job_id = r.json()["id"]
+        wait(lambda: (job(client, job_id).get("progress") or {}).get("done"), 120, "progress")
+        kill(worker)
+        findings["status_after_kill"] = job(client, job_id)["status"]
+        worker = start_node(*worker_args, env=env)
+        done = wait(
+            lambda: (b := job(client, job_id))["status"] in ("succeeded", "failed") and b,
+            300,
+            "job",
+        )
+        findings["node_loss"] = {k: done[k] for k in ("status", "attempts", "error")}
+        findings["node_loss_results"] = len(s3_keys(storage, f"results/jobs/{job_id}"))
+
+        # 2. the whole application restarts with jobs queued: they resume
+        queued = [
+            client.post(
+                "/v1/jobs", files={"file": ("in.png", encode(noise(300, 300, seed=s)))}
+            ).json()["id"]
+            for s in (52, 53)
+        ]
+        serve.delete("cluster")
+        serve.run(build(args, settings, options), name="cluster", route_prefix="/")
+        finished = [
+            wait(
+                lambda i=i: (b := job(client, i))["status"] in ("succeeded", "failed") and b, 300, i
+            )
+            for i in queued
+        ]
+        findings["restart"] = [f["status"] for f in finished]
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        kill(worker)
+        kill(head)
+        s3.stop()
+    return findings
+
+
+def _connect(ray: Any, port: int) -> bool:
+    try:
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+    except Exception:
+        return False
+    return True
+
+
+def s3_keys(storage: Any, prefix: str) -> list[str]:
+    from models.s3 import ResultStore
+
+    return ResultStore(storage).keys(prefix)
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))), flush=True)
