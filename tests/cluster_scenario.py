@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +73,12 @@ def main(workdir: Path) -> dict[str, Any]:
 
     s3 = start_test_s3(workdir / "s3")
     port = free_port()
-    env = {**os.environ, "RAY_TMPDIR": str(workdir / "ray"), "RAY_USAGE_STATS_ENABLED": "0"}
-    Path(env["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    # A short temp dir: Ray's socket paths must fit AF_UNIX's 107 bytes
+    ray_tmp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
+    # token auth, as Ray's default: the CLI needs it said; every process uses ~/.ray/auth_token
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
+    env["RAY_AUTH_MODE"] = "token"
+    os.environ.update(env)
     head = start_node(
         "--head",
         f"--port={port}",
@@ -86,7 +92,7 @@ def main(workdir: Path) -> dict[str, Any]:
         "--num-cpus=2",
         '--resources={"upscaler_node": 1}',
     )
-    worker = start_node(*worker_args, env=env)
+    worker: subprocess.Popen[bytes] | None = None
     findings: dict[str, Any] = {}
     try:
         import ray
@@ -95,8 +101,8 @@ def main(workdir: Path) -> dict[str, Any]:
         from models.settings import Settings
         from serve_app.app import AppArgs, build
 
-        os.environ.update(env)
-        wait(lambda: _connect(ray, port), 60, "the head")
+        wait(lambda: _connect(ray, port), 90, "the head")
+        worker = start_node(*worker_args, env=env)  # once the head answers
         wait(lambda: ray.cluster_resources().get("upscaler_node"), 60, "the second node")
         weights = workdir / "tiny-x4.safetensors"
         sha = save_tiny_compact(weights, scale=4)
@@ -167,16 +173,19 @@ def main(workdir: Path) -> dict[str, Any]:
         serve.shutdown()
         ray.shutdown()
     finally:
-        kill(worker)
+        if worker is not None:
+            kill(worker)
         kill(head)
         s3.stop()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     return findings
 
 
 def _connect(ray: Any, port: int) -> bool:
     try:
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-    except Exception:
+    except Exception as exc:
+        print(f"connecting: {exc}", file=sys.stderr)
         return False
     return True
 
