@@ -20,8 +20,10 @@ from types import FrameType
 import yaml
 
 from devtools.local_s3 import LocalS3, load_or_create_credentials, start_local_s3
+from devtools.retention import apply_retention
 from models.provider import ModelProvider
 from models.registry import Registry
+from models.s3 import ResultStore
 from models.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             env.update(s3.env())
         settings = Settings()
+        if s3 is not None:  # our own SeaweedFS: what jobs leave expires as in the cluster
+            ResultStore(settings.storage()).ensure_bucket()
+            apply_retention(settings)
         if settings.api_keys_file is None:
             print(AUTH_OFF, flush=True)
         default_model = _default_model(args.config)

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     # Signs job webhooks (Standard Webhooks, "whsec_..."); unset: webhook_url is refused
     webhook_secret: SecretStr | None = None
 
+    # Days before the object store expires what jobs leave (bucket lifecycle rules, set by the
+    # buckets Job in k8s and by `make run` locally)
+    retention_results_days: int = Field(default=7, ge=1)
+    retention_inputs_days: int = Field(default=1, ge=1)
+    retention_records_days: int = Field(default=30, ge=1)
+    retention_cache_days: int = Field(default=7, ge=1)
+
     @field_validator("weights_mirrors", mode="before")
     @classmethod
     def _split_mirrors(cls, value: object) -> object:
