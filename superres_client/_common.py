@@ -1,0 +1,121 @@
+"""What the sync and async clients share: options checked with the server's own models, request
+bodies, the retry policy."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from models.options import FaceEnhanceOptions, UpscaleOptions
+from superres_client.errors import InvalidOptions, SuperresError
+
+Operation = Literal["upscale", "face-enhance"]
+ImageInput = str | Path | bytes  # a file path, an http(s) URL, or the image itself
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRIED = (429, 503)
+_OPTIONS: dict[str, type[BaseModel]] = {
+    "upscale": UpscaleOptions,
+    "face-enhance": FaceEnhanceOptions,
+}
+_ROUTES = {"upscale": "/v1/upscale", "face-enhance": "/v1/face-enhance"}
+
+
+def base_url(url: str | None) -> str:
+    return (url or os.environ.get("SUPERRES_URL") or DEFAULT_URL).rstrip("/")
+
+
+def headers(api_key: str | None) -> dict[str, str]:
+    key = api_key if api_key is not None else os.environ.get("SUPERRES_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def checked_options(operation: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` validated by the route's own pydantic model, as the JSON the server takes
+    (only what was given: the server's defaults stay the server's)."""
+    model = _OPTIONS.get(operation)
+    if model is None:
+        raise InvalidOptions(
+            f"operation: use one of {', '.join(_OPTIONS)}", code="validation_error"
+        )
+    try:
+        parsed = model.model_validate(options)
+    except ValidationError as exc:
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidOptions(message, code="validation_error") from None
+    return parsed.model_dump(mode="json", include=set(options), exclude_none=True)
+
+
+def route(operation: str) -> str:
+    return _ROUTES[operation]
+
+
+def as_query(options: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+
+
+def is_url(image: ImageInput) -> bool:
+    return isinstance(image, str) and image.startswith(("http://", "https://"))
+
+
+def read_image(image: ImageInput) -> tuple[str, bytes]:
+    """A file name and the bytes of a path or of raw bytes (not of a URL)."""
+    if isinstance(image, bytes):
+        return "image", image
+    path = Path(image)
+    try:
+        return path.name, path.read_bytes()
+    except OSError as exc:
+        raise SuperresError(
+            f"cannot read {path}: {exc.strerror}", code="input_unreadable"
+        ) from None
+
+
+def job_request(
+    image: ImageInput, operation: str, options: dict[str, Any], webhook_url: str | None
+) -> dict[str, Any]:
+    """The keyword arguments of ``httpx`` for ``POST /v1/jobs``."""
+    if is_url(image):
+        body: dict[str, Any] = {"operation": operation, "options": options, "image_url": image}
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        return {"json": body}
+    name, data = read_image(image)
+    fields = {"operation": operation, "options": json.dumps(options)}
+    if webhook_url:
+        fields["webhook_url"] = webhook_url
+    return {"data": fields, "files": {"file": (name, data)}}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Bounded retries of 429/503, waiting ``Retry-After`` (capped) or an exponential backoff."""
+
+    attempts: int = 4
+    max_delay_s: float = 30.0
+    backoff_s: float = 0.5
+
+    def delay(self, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before another try, or None to give up."""
+        if response.status_code not in RETRIED or attempt + 1 >= self.attempts:
+            return None
+        from superres_client.errors import retry_after
+
+        hint = retry_after(response)
+        wait = hint if hint is not None else self.backoff_s * 2**attempt
+        return min(wait, self.max_delay_s)
+
+
+def transport_error(exc: httpx.HTTPError) -> SuperresError:
+    from superres_client.errors import Timeout
+
+    if isinstance(exc, httpx.TimeoutException):
+        return Timeout(f"no answer in time: {exc!r}", code="timeout")
+    return SuperresError(f"cannot reach the service: {exc}", code="connection_error")

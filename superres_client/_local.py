@@ -1,0 +1,114 @@
+"""``superres upscale --local``: the same upscale in this process, on ``models/`` (the code path of
+``python -m models upscale``). Imported only when asked for: it brings torch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import pipeline
+from models.image import Image
+from models.inference import Placement, upscale_image
+from models.limits import Limits
+from models.loading import memory_budget
+from models.options import UpscaleOptions
+from models.provider import ModelProvider
+from models.registry import Registry, user_model_spec, variant_id
+from models.settings import Settings
+from models.tiling import tile_for_budget
+
+DEFAULT_MODEL = "realesrgan-x4plus"
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    data: bytes
+    width: int
+    height: int
+    format: str
+    seconds: float
+
+
+def parse_custom(value: str) -> tuple[str, str, str]:
+    """``NAME=PATH@SHA256`` into its parts."""
+    name, sep, rest = value.partition("=")
+    path, sep2, sha = rest.rpartition("@")
+    if not (sep and sep2 and name and path and sha):
+        raise ValueError(f"--custom-model {value!r}: use NAME=PATH@SHA256")
+    return name, path, sha
+
+
+class LocalUpscaler:
+    """One model loaded once (on first use) for every image of a run."""
+
+    def __init__(
+        self,
+        model: str | None,
+        custom_models: list[str],
+        weights_dir: Path | None = None,
+        backend: str = "auto",
+    ) -> None:
+        registry = Registry()
+        for value in custom_models:
+            name, path, sha = parse_custom(value)
+            registry.register(user_model_spec(name, sha256=sha, path=path), replace=True)
+        update: dict[str, object] = {} if weights_dir is None else {"weights_dir": weights_dir}
+        store = Settings().model_copy(update=update).weights_store()
+        self.model = model or DEFAULT_MODEL
+        self.provider = ModelProvider(registry, store, backend=backend)
+        self.spec = self.provider.upscale_spec(self.model)
+        self._runners: dict[str, pipeline.Runner] = {}
+
+    def _load(self, denoise: float | None) -> pipeline.LoadRunner:
+        model_id = variant_id(self.spec, denoise)
+
+        async def load() -> pipeline.Runner:
+            if model_id in self._runners:
+                return self._runners[model_id]
+            network = self.provider.load(model_id).upscaler
+            budget = memory_budget(network.device) // 2
+
+            async def run(image: Image, outscale: float) -> Image:
+                tile = tile_for_budget(
+                    image.height,
+                    image.width,
+                    bytes_per_pixel=network.bytes_per_pixel,
+                    budget_bytes=budget,
+                )
+                return upscale_image(
+                    image,
+                    network.forward,
+                    scale=network.scale,
+                    outscale=outscale,
+                    tile=tile,
+                    placement=Placement(network.device, canvas_budget_bytes=budget),
+                )
+
+            runner = pipeline.Runner(network.scale, run)
+            self._runners[model_id] = runner
+            return runner
+
+        return load
+
+    def upscale(self, data: bytes, options: UpscaleOptions) -> LocalResult:
+        started = time.perf_counter()
+        options = options.model_copy(update={"model": self.model})
+        limits = Limits(max_upload_bytes=max(len(data), 1))
+        result = asyncio.run(
+            pipeline.upscale_bytes(
+                data,
+                options,
+                limits,
+                known_scale=self.spec.scale,
+                load=self._load(options.denoise),
+            )
+        )
+        return LocalResult(
+            result.data,
+            result.width,
+            result.height,
+            result.format,
+            time.perf_counter() - started,
+        )

@@ -1,0 +1,178 @@
+"""The Python SDK (superres_client) against the real service, and its retries against a stub."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image as PILImage
+
+from superres_client import (
+    AsyncClient,
+    BadRequest,
+    Client,
+    Conflict,
+    InvalidOptions,
+    JobCancelled,
+    JobFailed,
+    NotFound,
+    Overloaded,
+    Result,
+    Retry,
+)
+from tests.test_api import encode, noise
+
+pytestmark = pytest.mark.serve
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    return PILImage.open(io.BytesIO(data)).size
+
+
+def test_upscale_bytes_and_path(serve_app, tmp_path: Path) -> None:
+    path = tmp_path / "in.png"
+    path.write_bytes(encode(noise(12, 20, seed=51)))
+    with Client(serve_app.url) as sr:
+        from_bytes = sr.upscale(path.read_bytes(), scale=2, format="webp")
+        from_path = sr.upscale(path, scale=3)
+    assert isinstance(from_bytes, Result)
+    assert (from_bytes.width, from_bytes.height, from_bytes.format) == (40, 24, "webp")
+    assert from_bytes.model == "tiny-x4" and from_bytes.scale == 2
+    assert size_of(from_bytes.read()) == (40, 24)
+    saved = from_path.save(tmp_path / "out.png")
+    assert size_of(saved.read_bytes()) == (60, 36) and from_path.format == "png"
+
+
+def test_async_upscale_and_job(serve_app) -> None:
+    async def go() -> tuple[Result, Result, bytes]:
+        async with AsyncClient(serve_app.url) as sr:
+            direct, job = await asyncio.gather(
+                sr.upscale(encode(noise(10, 10, seed=52)), scale=2),
+                sr.submit(encode(noise(10, 10, seed=53)), scale=3),
+            )
+            return direct, await job.wait(timeout=120), await direct.aread()
+
+    direct, waited, data = asyncio.run(go())
+    assert (direct.width, waited.width) == (20, 30)
+    assert size_of(data) == (20, 20)
+
+
+def test_submit_wait_reports_tile_progress(serve_app) -> None:
+    calls: list[tuple[int, int]] = []
+    with Client(serve_app.url) as sr:
+        job = sr.submit(encode(noise(256, 256, seed=54)), scale=2)
+        assert job.id.startswith("job_") and job.status() in ("queued", "running", "succeeded")
+        result = job.wait(progress=lambda done, total: calls.append((done, total)), timeout=180)
+        assert job.result == result and job.view.status == "succeeded"
+    assert (result.width, result.height) == (512, 512)
+    assert calls, "the progress callback was never called"
+    done, total = calls[-1]
+    assert done == total >= 1
+    assert all(d <= t for d, t in calls) and calls == sorted(calls)
+
+
+def test_cancel(serve_app) -> None:
+    with Client(serve_app.url) as sr:
+        job = sr.submit(encode(noise(900, 900, seed=55)), scale=4)
+        view = job.cancel()
+        assert view.status == "cancelled", view
+        with pytest.raises(JobCancelled) as caught:
+            job.wait(timeout=30)
+        assert caught.value.job.id == job.id
+        with pytest.raises(Conflict) as again:
+            job.cancel()
+        assert (again.value.status, again.value.code) == (409, "job_finished")
+
+
+def test_typed_errors(serve_app) -> None:
+    with Client(serve_app.url) as sr:
+        # refused by the server's own option models before anything is sent
+        with pytest.raises(InvalidOptions) as bad_scale:
+            sr.upscale(b"never sent", scale=99)
+        assert bad_scale.value.status is None and "scale" in bad_scale.value.message
+        with pytest.raises(InvalidOptions):
+            sr.submit(b"never sent", colour="red")
+        # refused by the server
+        with pytest.raises(BadRequest) as not_image:
+            sr.upscale(b"this is not an image")
+        assert (not_image.value.status, not_image.value.code) == (415, "unsupported_media_type")
+        with pytest.raises(BadRequest) as unknown_model:
+            sr.upscale(encode(noise(8, 8)), model="no-such-model")
+        assert unknown_model.value.status == 400 and unknown_model.value.message
+        with pytest.raises(NotFound) as missing:
+            sr.job("job_nothing")
+        assert missing.value.status == 404
+
+
+def test_models_stats_and_jobs(serve_app) -> None:
+    with Client(serve_app.url) as sr:
+        models = {m["name"]: m for m in sr.models()}
+        assert models["tiny-x4"]["ready"]
+        assert "upscaler" in sr.stats()
+        job = sr.submit(encode(noise(8, 8, seed=56)), scale=2)
+        job.wait(timeout=120)
+        assert job.id in {j.id for j in sr.jobs("all")}
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, list[float]]]:
+    """A server on 127.0.0.1: ``/v1/models`` answers 503 (Retry-After: 1) then 200;
+    ``/v1/stats`` always 503 with Retry-After: 0. Yields its URL and the request times."""
+    seen: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(time.monotonic())
+            ok = self.path == "/v1/models" and len(seen) > 1
+            body = b"[]" if ok else b'{"error": {"code": "overloaded", "message": "busy"}}'
+            self.send_response(200 if ok else 503)
+            if not ok:
+                self.send_header("Retry-After", "1" if self.path == "/v1/models" else "0")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_retries_503_after_retry_after(stub) -> None:
+    url, seen = stub
+    with Client(url) as sr:
+        assert sr.models() == []
+    assert len(seen) == 2 and seen[1] - seen[0] >= 0.9
+
+
+def test_retries_are_bounded(stub) -> None:
+    url, seen = stub
+    with Client(url, retry=Retry(attempts=3)) as sr, pytest.raises(Overloaded) as caught:
+        sr.stats()
+    assert len(seen) == 3
+    assert (caught.value.status, caught.value.code, caught.value.retry_after) == (
+        503,
+        "overloaded",
+        0,
+    )
+
+
+def test_a_failed_job_raises_job_failed_carrying_it(serve_app) -> None:
+    with Client(serve_app.url) as sr:
+        job = sr.submit(encode(noise(8, 8, seed=57)), model="no-such-model")
+        with pytest.raises(JobFailed) as caught:
+            job.wait(timeout=120)
+    assert caught.value.code == "unknown_model" and "no-such-model" in caught.value.message
+    assert caught.value.job.id == job.id and caught.value.job.status == "failed"
