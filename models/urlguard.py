@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import logging
 import re
 import socket
 import ssl
@@ -37,6 +38,9 @@ from typing import Any
 import httpx
 
 from models.errors import ImageTooLargeError, InvalidOptionError, SuperResError
+
+# httpx logs each request's full URL at INFO; a user's URL can carry a token: keep it out of logs.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
