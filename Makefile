@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export RAY_TMPDIR ?= $(CURDIR)/.run/ray
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-load bench-faces bench-gpu manifests clean
+.PHONY: bench-jobs help venv run test test-fast lint format bench bench-tiling bench-cpu bench-cpu-http bench-openvino bench-serve bench-load bench-faces bench-gpu manifests clean chromium
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml
 run: venv ## run the service: local S3 (SeaweedFS), default weights, `serve run` on :8000
 	$(PY) -m devtools.run
 
-test: venv ## the whole suite: unit tests, real S3, real Ray Serve, real weights
+test: venv chromium ## the whole suite: unit tests, real S3, real Ray Serve, real weights
 	$(PY) -m pytest
+
+chromium: ## Debian's Chromium for tests/test_web.py (installed with apt-get when missing and root)
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y chromium; \
+	elif [ ! -x /usr/bin/chromium ]; then \
+		echo "chromium: /usr/bin/chromium missing and not root: tests/test_web.py will skip"; \
+	fi
 
 test-fast: venv ## unit tests only (no Ray, no S3 server)
 	$(PY) -m pytest -m "not serve and not slow"
@@ -58,6 +65,9 @@ bench-serve: venv ## HTTP through Serve vs in-process calls; batching on vs off
 
 bench-load: venv ## bounded loopback load: steady, burst past capacity, health, recovery (ARGS=--quick)
 	$(PY) bench/load.py $(ARGS)
+
+bench-jobs: venv ## jobs/s and queue latency under a burst, the sync route beside it (ARGS=--quick)
+	$(PY) bench/jobs.py $(ARGS)
 
 bench-faces: venv ## face restoration pipeline: faces/s and share of time per stage
 	$(PY) bench/faces.py

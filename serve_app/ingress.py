@@ -38,6 +38,7 @@ from serve_app.metrics import RequestMetrics
 from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
+from serve_app.web import router as web_router
 
 log = logging.getLogger("ray.serve")
 
@@ -58,6 +59,7 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(jobs_router)
+app.include_router(web_router)
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=256, max_queued_requests=64)
