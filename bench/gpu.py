@@ -61,6 +61,7 @@ from PIL import Image as PILImage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.compiled import batch_buckets, compile_upscaler
+from models.face.restore import GFPGAN_V14_CONFIG
 from models.image import Image
 from models.inference import Placement, upscale_image
 from models.loading import Upscaler, load_upscaler, memory_budget, pick_device, read_state_dict
@@ -82,20 +83,8 @@ HEADER = (
 )
 GIB = 1 << 30
 ERROR_GOAL = "<=0.1 mean on a photo"
-# models.face.restore.GFPGAN_V14_CONFIG (not importable without pydantic); --quick builds a
-# 64-pixel, 1/16-wide network of the same architecture.
-GFPGAN_V14: dict[str, Any] = {
-    "out_size": 512,
-    "num_style_feat": 512,
-    "channel_multiplier": 2,
-    "decoder_load_path": None,
-    "fix_decoder": False,
-    "num_mlp": 8,
-    "input_is_latent": True,
-    "different_w": True,
-    "narrow": 1,
-    "sft_half": True,
-}
+# --quick builds a 64-pixel, 1/16-wide network of GFPGAN v1.4's architecture.
+GFPGAN_V14: dict[str, Any] = dict(GFPGAN_V14_CONFIG)
 GFPGAN_QUICK = {
     **GFPGAN_V14,
     "out_size": 64,
