@@ -200,3 +200,11 @@ def test_phone_width(page: Any, tmp_path: Path) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide  # no sideways scroll
     assert job.locator(".slider").bounding_box()["width"] > 150
     page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
+
+
+def test_a_missing_key_is_explained(page: Any) -> None:
+    body = {"error": {"code": "unauthorized", "message": "missing API key"}}
+    page.route("**/v1/models", lambda route: route.fulfill(status=401, body=json.dumps(body)))
+    page.reload()
+    sync_api.expect(page.locator("#notice")).to_contain_text("needs a valid API key")
+    page.screenshot(path=str(SHOTS / "unauthorized.png"))
