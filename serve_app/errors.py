@@ -84,10 +84,10 @@ def validation_message(errors: Sequence[Any]) -> str:
     return "; ".join(parts)
 
 
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route of this path takes."""
-    methods: set[str] = set()
-    for route in request.app.routes:
+def _allowed_methods(app: FastAPI, request: Request, named: str | None) -> list[str]:
+    """Every method some route of this path takes (Starlette's header names the first route's)."""
+    methods = {m.strip() for m in (named or "").split(",") if m.strip()}
+    for route in app.routes:
         if route.matches(request.scope)[0] != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods)
@@ -148,8 +148,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
-        if exc.status_code == 405:  # Starlette names the first route of the path only
-            headers["Allow"] = ", ".join(_allowed_methods(request))
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(app, request, headers.get("Allow")))
         return error_response(ApiError(exc.status_code, code, str(exc.detail)), headers)
 
     # Raised outside a route's own handling (the key dependency, status routes): handled here

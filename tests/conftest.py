@@ -40,6 +40,21 @@ TEST_LIMITS = {
 }
 
 
+def tiny_app_args(tiny_weights: dict[str, dict[str, Any]], **args: Any) -> Any:
+    """An app serving only the tiny x4 model (preloaded, the default), without faces; ``args``
+    override. Apps beside the session's: jobs=False, or a bucket of their own (one runner each)."""
+    from serve_app.app import AppArgs
+
+    base = {
+        "default_model": "tiny-x4",
+        "models": [],
+        "preload": ["tiny-x4"],
+        "custom_models": [{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
+        "face_enhance": False,
+    }
+    return AppArgs(**{**base, **args})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

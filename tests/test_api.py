@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from tests.conftest import tiny_app_args
 from tests.s3server import s3_down
 
 pytestmark = pytest.mark.serve
@@ -375,14 +376,10 @@ def test_the_upscaler_runs_as_many_torch_threads_as_it_has_cpus(serve_app) -> No
 def test_a_compiled_upscaler_serves_the_same_pixels(serve_app, tiny_weights) -> None:
     from ray import serve
 
-    from serve_app.app import AppArgs, build
+    from serve_app.app import build
 
-    args = AppArgs(
-        default_model="tiny-x4",
-        models=[],
-        preload=["tiny-x4"],
-        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
-        face_enhance=False,
+    args = tiny_app_args(
+        tiny_weights,
         jobs=False,  # one JobRunner per bucket: the session app's
         compile="on",
         backend="torch",

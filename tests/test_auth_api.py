@@ -11,6 +11,7 @@ import pytest
 
 from deployments.quota import QuotaLimits
 from serve_app.keys import create_key
+from tests.conftest import tiny_app_args
 from tests.test_api import encode, noise
 
 pytestmark = pytest.mark.serve
@@ -26,19 +27,15 @@ class AuthApp:
 def auth_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[AuthApp]:
     from ray import serve
 
-    from serve_app.app import AppArgs, build
+    from serve_app.app import build
 
     path = Path(tmp_path_factory.mktemp("keys")) / "api-keys"
     keys = {
         "alice": create_key(path, "alice", QuotaLimits(rate=0.2, burst=2, concurrency=1)).key,
         "bob": create_key(path, "bob", QuotaLimits(rate=50, burst=50, concurrency=8)).key,
     }
-    args = AppArgs(
-        default_model="tiny-x4",
-        models=[],
-        preload=["tiny-x4"],
-        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
-        face_enhance=False,
+    args = tiny_app_args(
+        tiny_weights,
         jobs=False,  # one JobRunner per bucket: the session app's
     )
     settings = serve_app.settings.model_copy(update={"api_keys_file": path})

@@ -40,6 +40,7 @@ from schemathesis.engine import events, from_schema
 from deployments.quota import QuotaLimits
 from models.options import NO_BACKGROUND_MODEL
 from serve_app.keys import create_key
+from tests.conftest import tiny_app_args
 
 pytestmark = pytest.mark.serve
 
@@ -204,17 +205,13 @@ def keyed_target(serve_app, tiny_weights, tmp_path_factory) -> Iterator[Target]:
     """The app with a key file, on its own route prefix; the key's quota never runs out here."""
     from ray import serve
 
-    from serve_app.app import AppArgs, build
+    from serve_app.app import build
 
     path = Path(tmp_path_factory.mktemp("fuzz-keys")) / "api-keys"
     quota = QuotaLimits(rate=1_000_000, burst=1_000_000, concurrency=1000)
     key = create_key(path, "fuzzer", quota).key
-    args = AppArgs(
-        default_model="tiny-x4",
-        models=[],
-        preload=["tiny-x4"],
-        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
-        face_enhance=False,
+    args = tiny_app_args(
+        tiny_weights,
     )
     # its own bucket: one JobRunner per bucket
     update = {"api_keys_file": path, "s3_bucket": "superres-fuzz-keyed"}

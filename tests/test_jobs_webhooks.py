@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from models.webhooks import new_secret, verify
+from tests.conftest import tiny_app_args
 from tests.httpserver import FileServer
 from tests.test_api import encode, fetch, noise
 from tests.test_jobs_api import wait_for
@@ -61,14 +62,10 @@ def receiver() -> Iterator[Receiver]:
 def hooks_app(serve_app, tiny_weights) -> Iterator[str]:
     from ray import serve
 
-    from serve_app.app import AppArgs, build
+    from serve_app.app import build
 
-    args = AppArgs(
-        default_model="tiny-x4",
-        models=[],
-        preload=["tiny-x4"],
-        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
-        face_enhance=False,
+    args = tiny_app_args(
+        tiny_weights,
     )
     settings = serve_app.settings.model_copy(
         update={

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from tests.conftest import tiny_app_args
 from tests.test_api import encode, noise
 
 pytestmark = pytest.mark.serve
@@ -23,16 +24,12 @@ def deploy_slow(
     tiles one per forward pass make each request take a while."""
     from ray import serve
 
-    from serve_app.app import AppArgs, build
+    from serve_app.app import build
 
-    app_args = AppArgs(
-        default_model="tiny-x4",
-        models=[],
-        preload=["tiny-x4"],
-        custom_models=[{"name": "tiny-x4", **tiny_weights["tiny-x4"]}],
-        face_enhance=False,
+    app_args = tiny_app_args(
+        tiny_weights,
         jobs=bucket is not None,  # a JobRunner of its own needs a bucket of its own
-        **args,  # type: ignore[arg-type]
+        **args,
     )
     options = {
         "Upscaler": {
