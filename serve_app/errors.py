@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,6 @@ from pydantic import ValidationError
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from deployments.quota import QuotaExceeded
 from models import errors as e
@@ -85,11 +85,14 @@ def validation_message(errors: Sequence[Any]) -> str:
 
 
 def _allowed_methods(app: FastAPI, request: Request, named: str | None) -> list[str]:
-    """Every method some route of this path takes (Starlette's header names the first route's)."""
+    """Every method the OpenAPI schema gives this path, plus the ones Starlette named (its header
+    names only the first matching route's)."""
     methods = {m.strip() for m in (named or "").split(",") if m.strip()}
-    for route in app.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    root = request.scope.get("root_path", "")
+    path = request.url.path.removeprefix(root) or "/"
+    for template, operations in app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", template), path):
+            methods |= {m.upper() for m in operations if m != "parameters"}
     return sorted(methods)
 
 

@@ -242,11 +242,16 @@ class Ingress:
                 result = await run(data, options)
         except Exception as exc:
             error = to_api_error(exc)
-            self._metrics.observe(route, str(model or self._default_model), error.status, 0)
+            self._metrics.observe(route, self._model_label(model), error.status, 0)
             return error_response(error)
         elapsed = time.perf_counter() - started
         self._metrics.observe(route, result.model, 200, elapsed)
         return JSONResponse(result.model_dump(mode="json"))
+
+    def _model_label(self, model: str | None) -> str:
+        """A metrics label: a known model's name, never a client's arbitrary string."""
+        name = model or self._default_model
+        return name if name in self._registry else "unknown"
 
     async def _accepted(self, caller: Principal, options: BaseModel, data: bytes) -> Response:
         """``Prefer: respond-async`` (RFC 7240): the same request as a job, answered 202."""
