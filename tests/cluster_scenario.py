@@ -75,10 +75,16 @@ def main(workdir: Path) -> dict[str, Any]:
     port = free_port()
     # A short temp dir: Ray's socket paths must fit AF_UNIX's 107 bytes
     ray_tmp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")
-    # token auth, as Ray's default: the CLI needs it said; every process uses ~/.ray/auth_token
+    # token auth, as Ray's default: the CLI needs it said; every process uses ~/.ray/auth_token,
+    # which Ray's first start writes (on a fresh machine: a throwaway local start makes it)
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    env["RAY_AUTH_MODE"] = "token"
     os.environ.update(env)
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        import ray
+
+        ray.init(num_cpus=1, include_dashboard=False)
+        ray.shutdown()
+    env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"] = "token"
     head = start_node(
         "--head",
         f"--port={port}",
