@@ -78,6 +78,35 @@ def object_store(resources: Sequence[Mapping[str, Any]]) -> ObjectStore | None:
     return backend(resources, endpoint.hostname or "", port)
 
 
+def ingress_policies(
+    resources: Sequence[Mapping[str, Any]], labels: Mapping[str, str]
+) -> list[Mapping[str, Any]]:
+    """The NetworkPolicies that limit who reaches pods with these labels."""
+    return [
+        r
+        for r in resources
+        if r.get("kind") == "NetworkPolicy"
+        and "Ingress" in (r["spec"].get("policyTypes") or [])
+        and labels_match(r["spec"].get("podSelector") or {}, labels)
+    ]
+
+
+def port_problems(
+    where: str, rule: Mapping[str, Any], allowed: set[Any], port: Any, what: str, why: str = ""
+) -> list[str]:
+    """An ingress rule must name ports, and only the ``allowed`` ones (``port`` by number/name)."""
+    ports = [p.get("port") for p in rule.get("ports") or []]
+    problems = []
+    if not ports or None in ports:
+        problems.append(f"{where}: opens every port; open only the {what} port {port}")
+    problems += [
+        f"{where}: opens port {p}; only the {what} port {port}{why}"
+        for p in ports
+        if p is not None and p not in allowed
+    ]
+    return problems
+
+
 def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
     """Only the Ray pods, the Jobs and named namespaces reach the object store, on S3 only."""
     store = object_store(resources)
@@ -86,13 +115,7 @@ def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
     s3_ports = {store.port, store.port_name} - {None}
     all_pods = list(pods(resources))
     clients = [p for p in all_pods if p.is_ray or p.kind == "Job"]
-    policies = [
-        r
-        for r in resources
-        if r.get("kind") == "NetworkPolicy"
-        and "Ingress" in (r["spec"].get("policyTypes") or [])
-        and labels_match(r["spec"].get("podSelector") or {}, store.pods[0].labels)
-    ]
+    policies = ingress_policies(resources, store.pods[0].labels)
     if not policies:
         return [f"{store.pods[0].where}: no NetworkPolicy limits who reaches the object store"]
     problems = []
@@ -100,15 +123,9 @@ def network_problems(resources: Sequence[Mapping[str, Any]]) -> list[str]:
     for policy in policies:
         for i, rule in enumerate(policy["spec"].get("ingress") or []):
             where = f"{resource_id(policy)} ingress[{i}]"
-            ports = [p.get("port") for p in rule.get("ports") or []]
-            if not ports or None in ports:
-                problems.append(f"{where}: opens every port; open only the S3 port {store.port}")
-            problems += [
-                f"{where}: opens port {port}; only the S3 port {store.port} (keep the console "
-                "private)"
-                for port in ports
-                if port is not None and port not in s3_ports
-            ]
+            problems += port_problems(
+                where, rule, s3_ports, store.port, "S3", " (keep the console private)"
+            )
             peers = rule.get("from") or []
             if not peers:
                 problems.append(f"{where}: admits every source")

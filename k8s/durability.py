@@ -28,7 +28,7 @@ import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from k8s.access import Backend, backend, labels_match
+from k8s.access import Backend, backend, ingress_policies, labels_match, port_problems
 from k8s.render import resource_id
 from k8s.security import Pod, configmaps, container_env, pods
 from k8s.storage_jobs import (
@@ -312,13 +312,7 @@ def redis_network_problems(resources: Sequence[Mapping[str, Any]], redis: Backen
     ports_ok = {redis.port, redis.port_name} - {None}
     all_pods = list(pods(resources))
     heads = [p for p in all_pods if p.kind == "ray-head"]
-    policies = [
-        r
-        for r in resources
-        if r.get("kind") == "NetworkPolicy"
-        and "Ingress" in (r["spec"].get("policyTypes") or [])
-        and labels_match(r["spec"].get("podSelector") or {}, target.labels)
-    ]
+    policies = ingress_policies(resources, target.labels)
     if not policies:
         return [
             f"{target.where}: no NetworkPolicy limits who reaches Redis: admit the Ray head only"
@@ -328,14 +322,7 @@ def redis_network_problems(resources: Sequence[Mapping[str, Any]], redis: Backen
     for policy in policies:
         for i, rule in enumerate(policy["spec"].get("ingress") or []):
             where = f"{resource_id(policy)} ingress[{i}]"
-            ports = [p.get("port") for p in rule.get("ports") or []]
-            if not ports or None in ports:
-                problems.append(f"{where}: opens every port; open only the Redis port {redis.port}")
-            problems += [
-                f"{where}: opens port {port}; only the Redis port {redis.port}"
-                for port in ports
-                if port is not None and port not in ports_ok
-            ]
+            problems += port_problems(where, rule, ports_ok, redis.port, "Redis")
             peers = rule.get("from") or []
             if not peers:
                 problems.append(f"{where}: admits every source; only the Ray head may reach Redis")
