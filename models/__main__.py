@@ -11,15 +11,14 @@ from pathlib import Path
 
 from models import pipeline
 from models.errors import SuperResError
-from models.image import Image
-from models.inference import Placement, upscale_image
 from models.limits import Limits
-from models.loading import BACKENDS, PRECISIONS, memory_budget
+from models.loading import BACKENDS, PRECISIONS
 from models.options import UpscaleOptions
+from models.policy import TilePolicy
 from models.provider import ModelProvider
 from models.registry import Registry, variant_id
 from models.settings import Settings
-from models.tiling import TileConfig, tile_for_budget
+from models.tiling import TileConfig
 from models.weights import WeightsStore
 
 
@@ -71,27 +70,10 @@ def upscale(args: argparse.Namespace) -> int:
             f"{time.perf_counter() - started:.1f} s"
         )
 
-        budget = memory_budget(network.device) // 2
-
-        async def run(image: Image, outscale: float) -> Image:
-            tile = fixed or tile_for_budget(
-                image.height,
-                image.width,
-                bytes_per_pixel=network.bytes_per_pixel,
-                budget_bytes=budget,
-            )
-            print(f"tile {tile.tile}, pad {tile.pad}, blend {tile.blend}")
-            placement = Placement(network.device, canvas_budget_bytes=budget)
-            return upscale_image(
-                image,
-                network.forward,
-                scale=network.scale,
-                outscale=outscale,
-                tile=tile,
-                placement=placement,
-            )
-
-        return pipeline.Runner(network.scale, run)
+        policy = TilePolicy.in_process(network, fixed)
+        return policy.runner(
+            network, lambda t: print(f"tile {t.tile}, pad {t.pad}, blend {t.blend}")
+        )
 
     result = asyncio.run(
         pipeline.upscale_bytes(data, options, limits, known_scale=spec.scale, load=load)

@@ -7,10 +7,13 @@ for small images and the budget's largest; each image takes the one that compute
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from models.inference import Placement
-from models.loading import Upscaler
+from models.image import Image
+from models.inference import Placement, upscale_image
+from models.loading import Upscaler, memory_budget
+from models.pipeline import Runner
 from models.tiling import TileConfig, cheapest_tile, tile_for_budget, tiles_per_pass
 
 SMALL_COMPILED_TILE = 256
@@ -63,6 +66,32 @@ class TilePolicy:
             budget_bytes=self.activation_bytes,
             batch=1 if network.device.type == "cpu" else self.max_batch,
         )
+
+    @classmethod
+    def in_process(cls, network: Upscaler, fixed: TileConfig | None = None) -> TilePolicy:
+        """One image at a time in this process (the CLIs): the device's default budget."""
+        return cls(fixed, memory_budget(network.device), max_batch=1)
+
+    def runner(
+        self, network: Upscaler, on_tile: Callable[[TileConfig], None] | None = None
+    ) -> Runner:
+        """``network`` as the pipeline's runner, tiled by this policy, in this process (no
+        cross-request batching); ``on_tile`` hears the tiling each image gets."""
+
+        async def run(image: Image, outscale: float) -> Image:
+            tile = self.tile(network, image.height, image.width)
+            if on_tile is not None:
+                on_tile(tile)
+            return upscale_image(
+                image,
+                network.forward,
+                scale=network.scale,
+                outscale=outscale,
+                tile=tile,
+                placement=self.placement(network),
+            )
+
+        return Runner(network.scale, run)
 
     def tiles_per_pass(self, network: Upscaler, shape: tuple[int, ...]) -> int:
         return min(

@@ -9,15 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import pipeline
-from models.image import Image
-from models.inference import Placement, upscale_image
 from models.limits import Limits
-from models.loading import memory_budget
 from models.options import UpscaleOptions
+from models.policy import TilePolicy
 from models.provider import ModelProvider
 from models.registry import Registry, user_model_spec, variant_id
 from models.settings import Settings
-from models.tiling import tile_for_budget
 
 DEFAULT_MODEL = "realesrgan-x4plus"
 
@@ -68,25 +65,7 @@ class LocalUpscaler:
             if model_id in self._runners:
                 return self._runners[model_id]
             network = self.provider.load(model_id).upscaler
-            budget = memory_budget(network.device) // 2
-
-            async def run(image: Image, outscale: float) -> Image:
-                tile = tile_for_budget(
-                    image.height,
-                    image.width,
-                    bytes_per_pixel=network.bytes_per_pixel,
-                    budget_bytes=budget,
-                )
-                return upscale_image(
-                    image,
-                    network.forward,
-                    scale=network.scale,
-                    outscale=outscale,
-                    tile=tile,
-                    placement=Placement(network.device, canvas_budget_bytes=budget),
-                )
-
-            runner = pipeline.Runner(network.scale, run)
+            runner = TilePolicy.in_process(network).runner(network)
             self._runners[model_id] = runner
             return runner
 
