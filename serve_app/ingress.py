@@ -238,7 +238,13 @@ class Ingress:
                     request, options, limits.max_upload_bytes, limits.upload_timeout_s
                 )
                 if "respond-async" in request.headers.get("prefer", "") and self.jobs is not None:
-                    return await self._accepted(caller, options, data)
+                    # RFC 7240: the same request as a job, answered 202
+                    view = await self.jobs.accept(caller, options, data)
+                    headers = {
+                        "Preference-Applied": "respond-async",
+                        "Location": view["status_url"],
+                    }
+                    return JSONResponse(view, status_code=202, headers=headers)
                 result = await run(data, options)
         except Exception as exc:
             error = to_api_error(exc)
@@ -252,16 +258,6 @@ class Ingress:
         """A metrics label: a known model's name, never a client's arbitrary string."""
         name = model or self._default_model
         return name if name in self._registry else "unknown"
-
-    async def _accepted(self, caller: Principal, options: BaseModel, data: bytes) -> Response:
-        """``Prefer: respond-async`` (RFC 7240): the same request as a job, answered 202."""
-        assert self.jobs is not None
-        operation = "face-enhance" if isinstance(options, FaceEnhanceOptions) else "upscale"
-        raw = options.model_dump(exclude_unset=True)
-        (record,) = await self.jobs.create(caller, operation, raw, [data], None, None)
-        view = await self.jobs.view(record)
-        headers = {"Preference-Applied": "respond-async", "Location": view["status_url"]}
-        return JSONResponse(view, status_code=202, headers=headers)
 
     @contextlib.asynccontextmanager
     async def _admitted(self) -> AsyncIterator[None]:

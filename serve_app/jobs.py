@@ -9,7 +9,7 @@ import logging
 import uuid
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from ray.serve.handle import DeploymentHandle
 
 from models.jobs import TERMINAL, JobRecord, JobStore, new_id, now, request_hash
@@ -123,6 +123,13 @@ class Jobs:
         ids = await asyncio.to_thread(self.jobs.all_ids)
         found = [await asyncio.to_thread(self.jobs.get, i) for i in ids]
         return [r for r in found if r is not None and r.batch_id == record.batch_id]
+
+    async def accept(self, caller: Principal, options: BaseModel, image: bytes) -> dict[str, Any]:
+        """A sync route's request as a job (``Prefer: respond-async``); the job's view."""
+        operation = "face-enhance" if isinstance(options, FaceEnhanceOptions) else "upscale"
+        raw = options.model_dump(exclude_unset=True)
+        (record,) = await self.create(caller, operation, raw, [image], None, None)
+        return await self.view(record)
 
     async def check_webhook(self, url: str) -> None:
         """Refused now rather than when the job is done."""
