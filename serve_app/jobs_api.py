@@ -112,7 +112,9 @@ async def _form(request: Request, limits: Limits) -> tuple[dict[str, Any], list[
         try:
             fields["options"] = json.loads(fields["options"])
         except ValueError:
-            raise ApiError(422, "validation_error", "options: not a JSON object") from None
+            fields["options"] = None
+        if not isinstance(fields["options"], dict):  # "null", "[]", "3" are not options
+            raise ApiError(422, "validation_error", "options: not a JSON object")
     return fields, files, urls
 
 

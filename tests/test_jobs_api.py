@@ -117,6 +117,8 @@ BAD_JOBS = [
     ({"operation": "sharpen"}, True, 422, "validation_error"),
     ({"options": json.dumps({"scale": 99})}, True, 422, "validation_error"),
     ({"options": "{not json"}, True, 422, "validation_error"),
+    ({"options": "null"}, True, 422, "validation_error"),
+    ({"options": "[1]"}, True, 422, "validation_error"),
     ({"colour": "red"}, True, 422, "validation_error"),
     ({}, False, 400, "missing_file"),
     ({"image_url": "http://127.0.0.1:1/x.png"}, False, 400, "invalid_option"),
