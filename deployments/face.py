@@ -31,12 +31,12 @@ from models.image import Image
 from models.jobs import result_key
 from models.limits import Limits
 from models.loading import pick_device
-from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import WeightsSource, variant_id
 from models.results import StoredImage, store_result
 from models.s3 import ResultStore
 from models.settings import Settings
 from models.weights import WeightsStore
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
 

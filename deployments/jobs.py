@@ -26,7 +26,6 @@ from deployments.config import CustomModel, build_registry
 from models.errors import SuperResError
 from models.jobs import JobError, JobRecord, JobStore, now
 from models.limits import Limits
-from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
 from models.results import StoredImage
 from models.s3 import ResultStore
@@ -34,6 +33,7 @@ from models.settings import Settings
 from models.storage import StorageUnavailableError
 from models.urlguard import UrlRefusedError, apost_json
 from models.webhooks import EventType, WebhookSecret, deliver, parse_secret
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
 

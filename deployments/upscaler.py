@@ -37,13 +37,13 @@ from models.jobs import JobStore, progress_reporter, result_key
 from models.limits import Limits
 from models.loading import Upscaler as Network
 from models.loading import memory_budget, pick_device
-from models.options import UpscaleOptions
 from models.policy import TilePolicy
 from models.provider import LoadedModel, ModelProvider
 from models.registry import variant_id
 from models.results import StoredImage, store_result
 from models.s3 import ResultStore
 from models.settings import Settings
+from superres_client.options import UpscaleOptions
 
 log = logging.getLogger("ray.serve")
 

@@ -13,13 +13,13 @@ from models import pipeline
 from models.errors import SuperResError
 from models.limits import Limits
 from models.loading import BACKENDS, PRECISIONS
-from models.options import UpscaleOptions
 from models.policy import TilePolicy
 from models.provider import ModelProvider
 from models.registry import Registry, variant_id
 from models.settings import Settings
 from models.tiling import TileConfig
 from models.weights import WeightsStore
+from superres_client.options import UpscaleOptions
 
 
 def _store(args: argparse.Namespace) -> WeightsStore:

@@ -30,8 +30,8 @@ from models.imageio import (
 )
 from models.inference import output_size
 from models.limits import Limits
-from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.results import EncodedImage, FaceBox
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 RunUpscale = Callable[[Image, float], Awaitable[Image]]
 """A decoded image and the output scale → the upscaled image (the network's scale, then resized)."""

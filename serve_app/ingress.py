@@ -24,7 +24,6 @@ from deployments.config import CustomModel, build_registry
 from deployments.payload import pack
 from deployments.quota import hold_quota
 from models.limits import Limits
-from models.options import FaceEnhanceOptions, UpscaleOptions
 from models.registry import variant_id
 from models.s3 import ResultStore
 from models.settings import Settings
@@ -39,6 +38,7 @@ from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
 from serve_app.web import router as web_router
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
 

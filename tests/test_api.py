@@ -289,7 +289,7 @@ def test_options_as_form_fields(serve_app) -> None:
 
 
 def test_openapi_shows_each_routes_own_options_and_the_upload(serve_app) -> None:
-    from models.options import FaceEnhanceOptions, UpscaleOptions
+    from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
     with serve_app.client() as client:
         paths = client.get("/openapi.json").json()["paths"]

@@ -38,8 +38,8 @@ from PIL import Image as PILImage
 from schemathesis.engine import events, from_schema
 
 from deployments.quota import QuotaLimits
-from models.options import NO_BACKGROUND_MODEL
 from serve_app.keys import create_key
+from superres_client.options import NO_BACKGROUND_MODEL
 from tests.conftest import tiny_app_args
 
 pytestmark = pytest.mark.serve

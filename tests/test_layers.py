@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = ("models", "deployments", "serve_app")  # each may import only those before it
+# Each layer may import only those before it. The SDK's options module is the bottom layer: the
+# service imports it, and the SDK's distribution holds it so that the SDK installs alone.
+LAYERS = ("superres_client", "models", "deployments", "serve_app")
+WHERE = {"superres_client": "clients/python/superres_client"}
+SHARED = "superres_client.options"  # the one SDK module the service may import
+LOCAL = "_local.py"  # `superres upscale --local`: the SDK module that runs models/ (lazily)
 HEAVY = ("torch", "spandrel", "cv2", "torchvision")
 MAX_LINES = 300
 
@@ -20,9 +25,9 @@ def _imports(path: Path) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module)
     return names
 
 
@@ -30,9 +35,13 @@ def upward_imports(root: Path) -> list[str]:
     found = []
     for rank, layer in enumerate(LAYERS):
         above = set(LAYERS[rank + 1 :]) | {"devtools"}
-        for path in sorted((root / layer).rglob("*.py")):
-            for name in sorted(_imports(path) & above):
-                found.append(f"{path.relative_to(root)} imports {name}")
+        for path in sorted((root / WHERE.get(layer, layer)).rglob("*.py")):
+            if layer == "superres_client" and path.name == LOCAL:
+                continue
+            for name in sorted(_imports(path)):
+                top = name.split(".")[0]
+                if top in above or (top == "superres_client" != layer and name != SHARED):
+                    found.append(f"{path.relative_to(root)} imports {name}")
     return found
 
 
@@ -42,13 +51,24 @@ def test_layers_import_only_downward() -> None:
 
 def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     for layer in LAYERS:
-        (tmp_path / layer).mkdir()
+        (tmp_path / WHERE.get(layer, layer)).mkdir(parents=True)
     (tmp_path / "models" / "bad.py").write_text("from serve_app.settings import Settings\n")
     (tmp_path / "deployments" / "worse.py").write_text("import devtools.run\n")
+    (tmp_path / "serve_app" / "sdk.py").write_text("from superres_client.client import Client\n")
+    (tmp_path / WHERE["superres_client"] / "cli.py").write_text("from models import pipeline\n")
+    (tmp_path / WHERE["superres_client"] / LOCAL).write_text("from models import pipeline\n")
+    (tmp_path / "serve_app" / "fine.py").write_text("from superres_client.options import X\n")
     assert upward_imports(tmp_path) == [
-        "models/bad.py imports serve_app",
-        "deployments/worse.py imports devtools",
+        "clients/python/superres_client/cli.py imports models",
+        "models/bad.py imports serve_app.settings",
+        "deployments/worse.py imports devtools.run",
+        "serve_app/sdk.py imports superres_client.client",
     ]
+
+
+def test_the_sdk_options_need_only_pydantic() -> None:
+    imports = {n.split(".")[0] for n in _imports(REPO / WHERE["superres_client"] / "options.py")}
+    assert imports <= {"__future__", "typing", "pydantic"}
 
 
 def test_the_ingress_loads_no_torch_spandrel_or_opencv() -> None:

@@ -16,7 +16,7 @@ from models.face.types import DetectedFace
 from models.image import Image
 from models.inference import upscale_image
 from models.limits import Limits
-from models.options import FaceEnhanceOptions, UpscaleOptions
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 from tests.test_face_pipeline import ASTRONAUT_BOX, ASTRONAUT_LANDMARKS
 
 BIG = Limits(max_output_pixels=10**9)

@@ -18,7 +18,8 @@ import numpy as np
 from models.errors import ImageError, InvalidOptionError
 from models.face.align import estimate_affine, warp_face
 from models.face.paste import paste_face
-from models.face.types import DEFAULT_MAX_FACES, FACE_SIZE, DetectedFace, FaceDetector, RestoreFn
+from models.face.types import FACE_SIZE, DetectedFace, FaceDetector, RestoreFn
+from superres_client.options import DEFAULT_MAX_FACES
 
 # GFPGANer skips faces whose eyes are closer than this (side views, tiny faces).
 MIN_EYE_DISTANCE = 5.0

@@ -9,7 +9,6 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 FACE_SIZE = 512
-DEFAULT_MAX_FACES = 10
 
 # (N, 3, 512, 512) float32 RGB crops in [0, 1] -> restored crops of the same shape and range.
 RestoreFn = Callable[[np.ndarray], np.ndarray]

@@ -20,6 +20,7 @@ from superres_client._inputs import Task, collect
 from superres_client.aio import AsyncClient
 from superres_client.client import Client
 from superres_client.errors import SuperresError
+from superres_client.options import UpscaleOptions
 
 
 @dataclass
@@ -91,8 +92,16 @@ async def _remote(
 def _local(
     args: argparse.Namespace, tasks: list[Task], options: dict[str, Any], display: Display
 ) -> list[Outcome]:
-    from models.options import UpscaleOptions
-    from superres_client._local import LocalUpscaler  # torch: only now
+    try:
+        from superres_client._local import LocalUpscaler  # torch: only now
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"models", "torch", "spandrel"}:
+            raise
+        raise SuperresError(
+            f"--local runs the models in this process and needs the service's distribution "
+            f"(missing: {exc.name}): pip install superres, or use --server",
+            code="unsupported",
+        ) from exc
 
     if options.get("face_enhance"):
         raise SuperresError("--face-enhance needs a server", code="unsupported")
@@ -228,8 +237,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _described(option: str) -> str | None:
+    """The option's help: its description in the options model the server validates with."""
+    return UpscaleOptions.model_fields[option].description
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="superres", description=__doc__)
+    p = argparse.ArgumentParser(prog="superres", description=(__doc__ or "").replace("``", ""))
     p.add_argument("--server", default=None, help="default: $SUPERRES_URL or " + c.DEFAULT_URL)
     p.add_argument("--api-key", default=None, help="default: $SUPERRES_API_KEY")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
@@ -239,12 +253,12 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("inputs", nargs="+", metavar="IN")
     up.add_argument("-o", "--output-dir", type=Path, required=True)
     up.add_argument("--glob", default=None, help="files of folders to take, e.g. '*.png'")
-    up.add_argument("--model", default=None)
-    up.add_argument("--scale", type=float, default=None)
-    up.add_argument("--format", choices=("png", "jpeg", "webp"), default=None)
-    up.add_argument("--quality", type=int, default=None)
-    up.add_argument("--denoise", type=float, default=None)
-    up.add_argument("--face-enhance", action="store_true")
+    for name, kind in (("model", str), ("scale", float), ("quality", int), ("denoise", float)):
+        up.add_argument(f"--{name}", type=kind, default=None, help=_described(name))
+    up.add_argument(
+        "--format", choices=("png", "jpeg", "webp"), default=None, help=_described("format")
+    )
+    up.add_argument("--face-enhance", action="store_true", help=_described("face_enhance"))
     up.add_argument("--concurrency", type=int, default=4, help="jobs in flight (default 4)")
     up.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
     up.add_argument("--json", action="store_true", help="the report as JSON on stdout")

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from models.options import FaceEnhanceOptions, UpscaleOptions
 from superres_client.errors import InvalidOptions, SuperresError
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 Operation = Literal["upscale", "face-enhance"]
 ImageInput = str | Path | bytes  # a file path, an http(s) URL, or the image itself

@@ -1,7 +1,9 @@
-"""What a request asks for, declared once per operation: the HTTP routes (query or form fields),
-the Python handle API, the deployments and the clients all validate with these models.
+"""What a request asks for, declared once per operation: the service's HTTP routes (query or form
+fields), its Python handle API and deployments, and this SDK all validate with these models.
 
-Each option's bounds and default live here and nowhere else; OpenAPI shows them as they are.
+They live in the SDK because it is the package both sides install: the service depends on it, and
+it needs only pydantic. Each option's bounds and default live here and nowhere else; OpenAPI shows
+them as they are.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.face.types import DEFAULT_MAX_FACES
-
 MIN_SCALE, MAX_SCALE = 1.0, 8.0
 DEFAULT_FACE_SCALE = 2.0  # GFPGAN's own default upscale
-MAX_FACES = 100
+DEFAULT_MAX_FACES, MAX_FACES = 10, 100
 NO_BACKGROUND_MODEL = "none"
 
 OutputFormat = Literal["png", "jpeg", "jpg", "webp"]

@@ -168,11 +168,11 @@ class Client:
 
     def upscale(self, image: c.ImageInput, **options: Any) -> Result:
         """Upscale a file path, an http(s) URL or image bytes (``model``, ``scale``, ``format``,
-        ``quality``, ``denoise``, ``face_enhance``: ``models.options.UpscaleOptions``)."""
+        ``quality``, ``denoise``, ``face_enhance``: ``superres_client.options.UpscaleOptions``)."""
         return self._run("upscale", image, options)
 
     def face_enhance(self, image: c.ImageInput, **options: Any) -> Result:
-        """Restore faces (``models.options.FaceEnhanceOptions``); the result has ``faces``."""
+        """Restore faces (``superres_client.options.FaceEnhanceOptions``); the result has ``faces``."""
         return self._run("face-enhance", image, options)
 
     def submit(

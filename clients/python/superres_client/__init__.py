@@ -27,6 +27,7 @@ from superres_client.errors import (
     Timeout,
     Unauthorized,
 )
+from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 from superres_client.results import JobView, Progress, Result
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "BadRequest",
     "Client",
     "Conflict",
+    "FaceEnhanceOptions",
     "InvalidOptions",
     "Job",
     "JobCancelled",
@@ -50,4 +52,5 @@ __all__ = [
     "SuperresError",
     "Timeout",
     "Unauthorized",
+    "UpscaleOptions",
 ]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from models import pipeline
 from models.limits import Limits
-from models.options import UpscaleOptions
 from models.policy import TilePolicy
 from models.provider import ModelProvider
 from models.registry import Registry, user_model_spec, variant_id
 from models.settings import Settings
+from superres_client.options import UpscaleOptions
 
 DEFAULT_MODEL = "realesrgan-x4plus"
 
