@@ -46,10 +46,15 @@ class Display:
         self._clear()
         lines = []
         for label, (done, total) in self.flying.items():
-            filled = BAR * done // total if total else 0
             tiles = f"{done}/{total} tiles" if total else "queued"
-            lines.append(f"  {label[-40:]:40} [{'#' * filled}{'.' * (BAR - filled)}] {tiles}")
-        lines.append(f"  {self.finished}/{self.total} finished, {self.failed} failed")
+            lines.append(f"  {label[-40:]:40} {_bar(done, total)} {tiles}")
+        overall = f"{self.finished}/{self.total} images, {self.failed} failed"
+        lines.append(f"  {'all':40} {_bar(self.finished, self.total)} {overall}")
         self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
         self._drawn = len(lines)
+
+
+def _bar(done: int, total: int) -> str:
+    filled = BAR * done // total if total else 0
+    return f"[{'#' * filled}{'.' * (BAR - filled)}]"
