@@ -60,7 +60,9 @@ def timed(method: str, url: str, **kwargs: object) -> tuple[httpx.Response, floa
 
 
 def test_the_excess_gets_a_fast_503_and_health_stays_fast(slow_app: str) -> None:
-    image = encode(noise(160, 160))
+    # Big enough (256 tiles) that no request ends before all have arrived on a loaded machine:
+    # one that did would free a slot and turn an expected 503 into a 200.
+    image = encode(noise(256, 256))
     assert httpx.get(f"{slow_app}/readyz").status_code == 200  # probes poll from the start
     alone, single = timed("POST", f"{slow_app}/v1/upscale", content=image)
     assert alone.status_code == 200, alone.text
