@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import CustomModel, build_registry
 from models.errors import SuperResError
-from models.jobs import JobError, JobRecord, JobStore, now
+from models.jobs import ANONYMOUS_OWNER, JobError, JobRecord, JobStore, now
 from models.limits import Limits
 from models.registry import variant_id
 from models.results import StoredImage
@@ -32,7 +32,8 @@ from models.s3 import ResultStore
 from models.settings import Settings
 from models.storage import StorageUnavailableError
 from models.urlguard import UrlRefusedError, apost_json
-from models.webhooks import EventType, WebhookSecret, deliver, parse_secret
+from models.webhook_delivery import deliver
+from models.webhooks import EventType, WebhookSecret
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
@@ -77,8 +78,7 @@ class JobRunner:
         self._upscaler, self._faces = upscaler, faces
         self._registry = build_registry(custom_models)
         self._limits = limits
-        secret = settings.webhook_secret
-        self._secret = None if secret is None else parse_secret(secret.get_secret_value())
+        self._secret = settings.webhook_signer()
         self._post = partial(apost_json, policy=settings.url_policy(limits.max_upload_bytes))
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -158,7 +158,10 @@ class JobRunner:
             await asyncio.shield(asyncio.to_thread(self._jobs.save, record))
             raise
         if record.webhook_url and self._secret is not None and record.status != "cancelled":
-            record.deliveries.append(await self._notify(record, record.webhook_url, self._secret))
+            secret = self._secret
+            if record.owner != ANONYMOUS_OWNER:  # each API key's receivers have their own
+                secret = secret.for_key(record.owner)
+            record.deliveries.append(await self._notify(record, record.webhook_url, secret))
         await asyncio.to_thread(self._jobs.save, record)
         self._finished[record.status] += 1
         self._jobs_total.inc(tags={"operation": record.operation, "status": record.status})

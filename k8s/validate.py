@@ -55,6 +55,7 @@ SECRETS: dict[str, frozenset[str]] = {
     "superres-s3-app": S3_KEYS,  # the limited MinIO user of the Ray pods
     "superres-api-keys": frozenset({"api-keys"}),  # the hashed API keys
     "superres-redis": frozenset({"password"}),  # Redis of the GCS fault tolerance
+    "superres-webhook": frozenset({"secret"}),  # signs job webhooks (optional)
 }
 OVERLAYS_DIR = REPO / "k8s" / "overlays"
 _SECRET_LIKE = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", re.IGNORECASE)

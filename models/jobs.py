@@ -31,6 +31,7 @@ from models.storage import ObjectStore
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Operation = Literal["upscale", "face-enhance"]
+ANONYMOUS_OWNER = "anonymous"  # the owner of jobs made with API keys off
 
 RECORDS, ACTIVE, INPUTS, PROGRESS = (
     "jobs/records/",

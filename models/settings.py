@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.storage import StorageSettings
 from models.urlguard import UrlPolicy
-from models.webhooks import parse_secret
+from models.webhooks import WebhookSecret, parse_secret
 from models.weights import WeightsStore
 
 
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         if value is not None:
             parse_secret(value.get_secret_value())  # a clear error at start, never the secret
         return value
+
+    def webhook_signer(self) -> WebhookSecret | None:
+        """The service's webhook secret, parsed; None when webhooks are off."""
+        secret = self.webhook_secret
+        return None if secret is None else parse_secret(secret.get_secret_value())
 
     @model_validator(mode="after")
     def _keys_come_in_pairs(self) -> Settings:

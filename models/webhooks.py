@@ -3,48 +3,33 @@
 A job that finishes POSTs ``{"type", "timestamp", "data"}`` to the caller's URL with three headers:
 ``webhook-id`` (the same on every retry, for dedupe), ``webhook-timestamp`` (Unix seconds of the
 attempt) and ``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 over ``id.timestamp.body``, keyed
-with the secret ``whsec_<base64 key>``. ``deliver`` retries with exponential backoff and returns a
-``Delivery`` record for the job; it never raises for the receiver's failures.
-
-No HTTP client here: the POST is injected (``models.urlguard.apost_json`` with its policy bound,
-or ``in_thread(post_json)``). The secret never reaches a log line, a repr or a record.
+with the secret ``whsec_<base64 key>``. This module is the format: secrets, the body, signing and
+verifying; ``models.webhook_delivery`` sends and retries. The secret never reaches a log line, a
+repr or a record.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
-import inspect
 import json
-import logging
-import math
-import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
-
-from pydantic import BaseModel, Field
 
 from models.errors import SuperResError
-
-log = logging.getLogger(__name__)
 
 EventType = Literal["job.succeeded", "job.failed"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 PREFIX = "whsec_"
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64  # the spec: at least 192 bits, at most 512
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
-
-# (url, body, headers) -> HTTP status. The body must go out byte for byte: it is what is signed.
-Send = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
-SyncSend = Callable[[str, bytes, Mapping[str, str]], int]
+_PER_KEY = b"superres webhook secret of API key\0"  # domain separation from the signatures
 
 
 class WebhookError(SuperResError):
@@ -111,6 +96,15 @@ class WebhookSecret:
     def digest(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
+    def for_key(self, name: str) -> WebhookSecret:
+        """The secret of the webhooks of jobs made with the API key ``name``: an HMAC of the name
+        under this (the service's) secret. Each key's receivers get a secret of their own, so they
+        cannot sign for another key's; the service still keeps one. Same name, same secret:
+        rotating this secret rotates every key's."""
+        if not name:
+            raise ValueError("an API key's name is needed")
+        return WebhookSecret(self.digest(_PER_KEY + name.encode()))
+
     def __repr__(self) -> str:
         return f"WebhookSecret({PREFIX}…, {len(self._key)} bytes)"
 
@@ -133,7 +127,8 @@ def parse_secret(secret: SecretLike) -> WebhookSecret:
     return secret if isinstance(secret, WebhookSecret) else WebhookSecret.parse(secret)
 
 
-def _secrets(secret: SecretLike | Sequence[SecretLike]) -> list[WebhookSecret]:
+def secret_list(secret: SecretLike | Sequence[SecretLike]) -> list[WebhookSecret]:
+    """One secret or several (a rotation: each signs) as ``WebhookSecret``s."""
     many = [secret] if isinstance(secret, WebhookSecret | str) else list(secret)
     if not many:
         raise WebhookSecretError("at least one webhook secret is needed")
@@ -161,7 +156,7 @@ def headers(
     secret: SecretLike | Sequence[SecretLike], msg_id: str, timestamp: int, body: bytes
 ) -> dict[str, str]:
     """The request headers of one attempt; several secrets (a rotation) give several signatures."""
-    signatures = " ".join(sign(s, msg_id, timestamp, body) for s in _secrets(secret))
+    signatures = " ".join(sign(s, msg_id, timestamp, body) for s in secret_list(secret))
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
@@ -180,7 +175,7 @@ def verify(
 ) -> None:
     """Raise a ``WebhookVerificationError`` unless one ``v1`` signature matches under one of the
     secrets and the timestamp is within ``tolerance_s`` of ``now`` (default: the clock)."""
-    keys = _secrets(secret)
+    keys = secret_list(secret)
     lowered = {k.lower(): v for k, v in headers.items()}
     msg_id = lowered.get("webhook-id", "")
     stamp = lowered.get("webhook-timestamp", "")
@@ -218,149 +213,3 @@ def event(type: EventType, data: Mapping[str, Any], *, at: datetime | None = Non
     stamp = when.isoformat(timespec="microseconds").replace("+00:00", "Z")
     body = {"type": type, "timestamp": stamp, "data": dict(data)}
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-# --- delivery -----------------------------------------------------------------------------------
-
-
-class Attempt(BaseModel):
-    at: datetime
-    status: int | None = None  # the receiver's answer, or None if it gave none
-    error: str | None = None  # a timeout or connection error, when there was no answer
-    duration_s: float
-
-
-class Delivery(BaseModel):
-    """One event to one URL, however many attempts it took: what a job records."""
-
-    id: str  # the webhook-id, the same on every attempt
-    event: EventType
-    url: str
-    attempts: list[Attempt] = Field(default_factory=list)
-    delivered: bool = False
-    next_attempt_at: datetime | None = None  # set while a retry is scheduled
-
-
-def in_thread(post: SyncSend) -> Send:
-    """A blocking sender (``urlguard.post_json`` with its policy bound) run off the event loop."""
-
-    async def send(url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        return await asyncio.to_thread(post, url, body, headers)
-
-    return send
-
-
-def backoff(
-    attempt: int,
-    backoff_s: float = 1.0,
-    factor: float = 2.0,
-    max_backoff_s: float = 60.0,
-    *,
-    jitter: float = 0.0,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, capped,
-    then spread by ± ``jitter`` (a fraction) so that retries of many jobs do not arrive together."""
-    spread = 1 + jitter * (2 * rng() - 1)
-    return min(max_backoff_s, backoff_s * factor ** (attempt - 1) * spread)
-
-
-async def deliver(
-    url: str,
-    event_type: EventType,
-    data: Mapping[str, Any],
-    secret: SecretLike | Sequence[SecretLike],
-    send: Send,
-    *,
-    attempts: int = 5,
-    backoff_s: float = 1.0,
-    factor: float = 2.0,
-    max_backoff_s: float = 60.0,
-    jitter: float = 0.1,
-    timeout_s: float | None = 30.0,
-    msg_id: str | None = None,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-    clock: Callable[[], float] = time.time,
-    rng: Callable[[], float] = random.random,
-    on_attempt: Callable[[Delivery], Any] | None = None,
-    give_up_on: tuple[type[Exception], ...] = (),
-) -> Delivery:
-    """POST the event until a 2xx, ``attempts`` tries at most, and say how it went.
-
-    Every attempt carries the same ``webhook-id`` and body, a fresh timestamp and signature.
-    Non-2xx answers (3xx included: redirects are not followed), timeouts and connection errors are
-    retried after ``backoff_s * factor**(n-1)`` seconds (at most ``max_backoff_s``, ± ``jitter``
-    as a fraction); a 410 Gone, or an error of a ``give_up_on`` class (a URL the sender refuses,
-    ``urlguard.UrlRefusedError``), stops at once. ``on_attempt`` (sync or async) sees the record after
-    each attempt, with ``next_attempt_at`` set while a retry waits, so a job can save it.
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be at least 1, not {attempts}")
-    if backoff_s < 0 or max_backoff_s < 0 or factor < 1 or not 0 <= jitter <= 1:
-        raise ValueError("backoff_s and max_backoff_s must be >= 0, factor >= 1, jitter in [0, 1]")
-    keys = _secrets(secret)
-    body = event(event_type, data, at=datetime.fromtimestamp(clock(), UTC))
-    record = Delivery(id=msg_id or new_msg_id(), event=event_type, url=url)
-    where = _redacted(url)
-    for number in range(1, attempts + 1):
-        started, t0 = clock(), time.perf_counter()
-        signed = headers(keys, record.id, math.floor(started), body)
-        status, error, fatal = await _post(send, url, body, signed, timeout_s, give_up_on)
-        took = round(time.perf_counter() - t0, 6)
-        at = datetime.fromtimestamp(started, UTC)
-        record.attempts.append(Attempt(at=at, status=status, error=error, duration_s=took))
-        record.delivered = status is not None and 200 <= status < 300
-        last = record.delivered or fatal or status == 410 or number == attempts
-        delay = 0.0
-        if not last:
-            delay = backoff(number, backoff_s, factor, max_backoff_s, jitter=jitter, rng=rng)
-        record.next_attempt_at = None if last else datetime.fromtimestamp(clock() + delay, UTC)
-        if record.delivered:
-            log.info(
-                "webhook %s %s to %s delivered (attempt %d)", record.id, event_type, where, number
-            )
-        else:
-            outcome = f"status {status}" if error is None else error.replace(url, where)
-            then = "giving up" if last else f"retrying in {delay:.1f} s"
-            log.warning(
-                "webhook %s %s to %s: attempt %d/%d failed (%s); %s",
-                record.id,
-                event_type,
-                where,
-                number,
-                attempts,
-                outcome,
-                then,
-            )
-        if on_attempt is not None and inspect.isawaitable(saved := on_attempt(record)):
-            await saved
-        if last:
-            break
-        await sleep(delay)
-    return record
-
-
-async def _post(
-    send: Send,
-    url: str,
-    body: bytes,
-    signed: Mapping[str, str],
-    timeout_s: float | None,
-    give_up_on: tuple[type[Exception], ...],
-) -> tuple[int | None, str | None, bool]:
-    """(status, None, False) if the receiver answered, else (None, why not, whether to stop)."""
-    deadline = asyncio.timeout(timeout_s)
-    try:
-        async with deadline:
-            return int(await send(url, body, signed)), None, False
-    except Exception as exc:  # the receiver's or the network's failure: recorded, then retried
-        if deadline.expired():
-            return None, f"timed out after {timeout_s:g} s", False
-        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return None, why[:300], isinstance(exc, give_up_on)
-
-
-def _redacted(url: str) -> str:
-    """The URL for a log line: no user info, query or fragment (tokens often hide there)."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()

@@ -1,12 +1,14 @@
-"""Operator CLI: ``python -m serve_app keys create|list|revoke``.
+"""Operator CLI: ``python -m serve_app keys create|list|revoke|webhook-secret``.
 
     python -m serve_app keys create alice --rate 2 --burst 10 --concurrency 4
     python -m serve_app keys list
     python -m serve_app keys revoke alice
+    python -m serve_app keys webhook-secret alice   # needs SUPERRES_WEBHOOK_SECRET
 
 The key file is ``--file``, else ``SUPERRES_API_KEYS_FILE``. ``create`` prints the new key alone on
 stdout (``KEY=$(python -m serve_app keys create alice)``), the one time it is ever shown; the rest
-goes to stderr.
+goes to stderr. ``webhook-secret`` prints the secret that signs the webhooks of a key's jobs (what
+the key's holder also gets from ``GET /v1/webhooks/secret``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from deployments.quota import QuotaLimits
+from models.settings import Settings
 from serve_app.keys import DEFAULT_LIMITS, KeyFileError, KeyNameError, create_key, read_keys
 from serve_app.keys import revoke_key as revoke_key_in_file
 
@@ -80,6 +83,17 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def webhook_secret(args: argparse.Namespace) -> int:
+    path = _file(args)
+    if not any(r.name == args.name for r in read_keys(path)):
+        raise UsageError(f"no key named {args.name!r} in {path}")
+    service = Settings().webhook_signer()
+    if service is None:
+        raise UsageError("set SUPERRES_WEBHOOK_SECRET (the service's) to derive a key's")
+    print(service.for_key(args.name).reveal(), flush=True)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__.split("\n")[0])
     groups = root.add_subparsers(dest="group", required=True)
@@ -111,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     gone = command("revoke", "remove a key; it stops working within seconds")
     gone.add_argument("name")
     gone.set_defaults(run=revoke)
+    hook = command("webhook-secret", "the secret that signs the webhooks of a key's jobs")
+    hook.add_argument("name")
+    hook.set_defaults(run=webhook_secret)
     return root
 
 

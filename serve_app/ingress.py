@@ -38,6 +38,7 @@ from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
 from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
 from serve_app.web import router as web_router
+from serve_app.webhooks_api import router as webhooks_router
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
@@ -59,6 +60,7 @@ app = FastAPI(
 )
 install_handlers(app)
 app.include_router(jobs_router)
+app.include_router(webhooks_router)
 app.include_router(web_router)
 
 
@@ -95,7 +97,8 @@ class Ingress:
         self._limits = limits
         self._store = ResultStore(settings.storage())
         policy = settings.url_policy(limits.max_upload_bytes)
-        hooks = settings.webhook_secret is not None
+        self.webhook_secret = settings.webhook_signer()  # read by /v1/webhooks/secret
+        hooks = self.webhook_secret is not None
         self.jobs = (
             None
             if runner is None

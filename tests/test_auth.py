@@ -22,6 +22,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from deployments.quota import QuotaLimits
+from models.webhooks import new_secret, parse_secret
 from serve_app import auth
 from serve_app.auth import KeyRing, Unauthorized, key_dependency
 from serve_app.keys import (
@@ -370,10 +371,18 @@ def test_the_ring_may_be_found_at_request_time(
 # --- the CLI, as an operator runs it ------------------------------------------------------------
 
 
-def cli(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SUPERRES_API_KEYS_FILE"}
+def cli(
+    *args: str, env_file: Path | None = None, webhook_secret: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SUPERRES_API_KEYS_FILE", "SUPERRES_WEBHOOK_SECRET"}
+    }
     if env_file is not None:
         env["SUPERRES_API_KEYS_FILE"] = str(env_file)
+    if webhook_secret is not None:
+        env["SUPERRES_WEBHOOK_SECRET"] = webhook_secret
     return subprocess.run(
         [sys.executable, "-m", "serve_app", "keys", *args],
         cwd=REPO,
@@ -432,3 +441,16 @@ def test_cli_refuses_bad_input_clearly(tmp_path: Path) -> None:
     path.write_text("{broken\n")
     broken = cli("list", "--file", str(path))
     assert broken.returncode == 1 and "line 1: not JSON" in broken.stderr
+
+
+def test_cli_prints_a_keys_webhook_secret_derived_from_the_services(tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    assert cli("create", "alice", "--file", str(path)).returncode == 0
+    service = new_secret()
+    shown = cli("webhook-secret", "alice", "--file", str(path), webhook_secret=service)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == parse_secret(service).for_key("alice").reveal() + "\n"
+    unknown = cli("webhook-secret", "bob", "--file", str(path), webhook_secret=service)
+    assert unknown.returncode == 1 and "no key named 'bob'" in unknown.stderr
+    unset = cli("webhook-secret", "alice", "--file", str(path))
+    assert unset.returncode == 1 and "SUPERRES_WEBHOOK_SECRET" in unset.stderr

@@ -12,7 +12,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from models.webhooks import new_secret, verify
+from deployments.quota import QuotaLimits
+from models.webhooks import SignatureMismatchError, new_secret, parse_secret, verify
+from serve_app.errors import ApiError
+from serve_app.keys import ANONYMOUS, Principal, create_key
+from serve_app.webhooks_api import secret_for
+from superres_client import Client, NotFound
 from tests.conftest import tiny_app_args
 from tests.httpserver import FileServer
 from tests.test_api import encode, fetch, noise
@@ -58,33 +63,42 @@ def receiver() -> Iterator[Receiver]:
     server.shutdown()
 
 
+@dataclass
+class HooksApp:
+    url: str
+    keys: dict[str, str]  # name -> API key
+
+    def client(self, name: str) -> httpx.Client:
+        auth = {"authorization": f"Bearer {self.keys[name]}"}
+        return httpx.Client(base_url=self.url, headers=auth, timeout=60)
+
+
 @pytest.fixture(scope="module")
-def hooks_app(serve_app, tiny_weights) -> Iterator[str]:
+def hooks_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[HooksApp]:
     from ray import serve
 
     from serve_app.app import build
 
-    args = tiny_app_args(
-        tiny_weights,
-    )
+    path = tmp_path_factory.mktemp("hook-keys") / "api-keys"
+    keys = {name: create_key(path, name).key for name in ("alice", "bob")}
     settings = serve_app.settings.model_copy(
         update={
             "url_allowlist": "127.0.0.1/32",
             "webhook_secret": SecretStr(SECRET),
+            "api_keys_file": path,
             "s3_bucket": "superres-hooks",  # one JobRunner per bucket
         }
     )
-    serve.run(build(args, settings), name="hooks", route_prefix="/hooks")
-    yield f"{serve_app.url}/hooks"
+    serve.run(build(tiny_app_args(tiny_weights), settings), name="hooks", route_prefix="/hooks")
+    yield HooksApp(f"{serve_app.url}/hooks", keys)
     serve.delete("hooks")
 
 
-def test_a_job_from_an_image_url_delivers_a_signed_webhook(hooks_app, receiver) -> None:
+def test_a_job_from_an_image_url_delivers_a_webhook_signed_for_its_key(
+    hooks_app: HooksApp, receiver: Receiver
+) -> None:
     image = encode(noise(16, 12, seed=61))
-    with (
-        FileServer({"in.png": image}) as files,
-        httpx.Client(base_url=hooks_app, timeout=60) as client,
-    ):
+    with FileServer({"in.png": image}) as files, hooks_app.client("alice") as client:
         r = client.post(
             "/v1/jobs",
             json={
@@ -102,11 +116,45 @@ def test_a_job_from_an_image_url_delivers_a_signed_webhook(hooks_app, receiver) 
     assert delivery["delivered"] and len(delivery["attempts"]) == 2  # 500, then 200
     mine = [(h, b) for h, b in receiver.calls if json.loads(b)["data"]["id"] == done["id"]]
     assert len(mine) == 2 and mine[0][0]["webhook-id"] == mine[1][0]["webhook-id"]
+
+    # Each key's holder asks for its own secret (the SDK's call): alice's verifies, no other does.
+    with Client(hooks_app.url, api_key=hooks_app.keys["alice"]) as sr:
+        alices = sr.webhook_secret()
+    with Client(hooks_app.url, api_key=hooks_app.keys["bob"]) as sr:
+        bobs = sr.webhook_secret()
+    assert alices.startswith("whsec_") and alices != bobs
     for headers, body in mine:
-        verify(SECRET, headers, body)  # raises if the signature is wrong
+        verify(alices, headers, body)  # raises if the signature is wrong
         assert json.loads(body)["type"] == "job.succeeded"
-    with pytest.raises(Exception, match="ignature"):
-        verify(new_secret(), mine[1][0], mine[1][1])  # a wrong secret does not verify
+    for other in (bobs, SECRET, new_secret()):
+        with pytest.raises(SignatureMismatchError):
+            verify(other, mine[1][0], mine[1][1])
+
+
+def test_the_secret_route_needs_a_key_and_is_not_cached(hooks_app: HooksApp) -> None:
+    r = httpx.get(f"{hooks_app.url}/v1/webhooks/secret", timeout=30)
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+    with hooks_app.client("bob") as client:
+        r = client.get("/v1/webhooks/secret")
+    assert r.status_code == 200 and r.json()["key"] == "bob"
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_without_webhooks_the_secret_route_is_a_404(serve_app) -> None:
+    with Client(serve_app.url) as sr, pytest.raises(NotFound, match="not configured"):
+        sr.webhook_secret()
+
+
+def test_the_secret_is_per_key_and_never_the_services_with_keys_off() -> None:
+    service = parse_secret(SECRET)
+    view = secret_for(service, Principal("carol", QuotaLimits()))
+    assert view.secret == service.for_key("carol").reveal() != SECRET
+    with pytest.raises(ApiError) as refused:
+        secret_for(service, ANONYMOUS)
+    assert (refused.value.status, refused.value.code) == (403, "forbidden")
+    with pytest.raises(ApiError) as off:
+        secret_for(None, Principal("carol", QuotaLimits()))
+    assert off.value.status == 404
 
 
 @pytest.mark.parametrize(
@@ -117,8 +165,8 @@ def test_a_job_from_an_image_url_delivers_a_signed_webhook(hooks_app, receiver) 
         ("http://10.0.0.1/x.png", "invalid_option"),
     ],
 )
-def test_private_targets_are_refused(hooks_app, url: str, code: str) -> None:
-    with httpx.Client(base_url=hooks_app, timeout=60) as client:
+def test_private_targets_are_refused(hooks_app: HooksApp, url: str, code: str) -> None:
+    with hooks_app.client("alice") as client:
         for body in ({"image_url": url}, {"image_url": "http://127.0.0.1:9/x", "webhook_url": url}):
             r = client.post("/v1/jobs", json=body)
             assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text

@@ -791,6 +791,16 @@ def test_hardening_rules_hold_in_both_overlays(rendered: dict[str, list[Resource
         assert ([p.where for p in store.pods], store.port) == ([MINIO], 9000)
 
 
+def test_ray_pods_sign_webhooks_with_the_optional_webhook_secret(
+    rendered: dict[str, list[Resource]],
+) -> None:
+    for overlay in OVERLAYS:
+        for container in (_HEAD_RAY, _WORKER_RAY):
+            env = {e["name"]: e for e in container(rendered[overlay])["env"]}
+            ref = env["SUPERRES_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "superres-webhook", "key": "secret", "optional": True}
+
+
 def test_secret_volumes_must_name_a_known_secret(rendered: dict[str, list[Resource]]) -> None:
     change = _update(_key(_volume(_pod("head"), "api-keys"), "secret"), secretName="api-keys")
     assert validate_resources(_broken(rendered, change), None) == [

@@ -22,19 +22,15 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from models.webhook_delivery import Delivery, Send, backoff, deliver, in_thread
 from models.webhooks import (
-    Delivery,
     MissingHeaderError,
-    Send,
     SignatureMismatchError,
     TimestampOutOfToleranceError,
     WebhookSecret,
     WebhookSecretError,
-    backoff,
-    deliver,
     event,
     headers,
-    in_thread,
     new_secret,
     parse_secret,
     sign,
@@ -190,6 +186,22 @@ def test_sign_refuses_an_id_that_could_shift_the_signed_fields() -> None:
 
 
 # --- secrets ------------------------------------------------------------------------------------
+
+
+def test_each_api_key_gets_a_secret_of_its_own_derived_from_the_services() -> None:
+    service = parse_secret(new_secret())
+    alice, bob = service.for_key("alice"), service.for_key("bob")
+    assert alice.reveal() == service.for_key("alice").reveal()  # stateless: derived again
+    assert len({service.reveal(), alice.reveal(), bob.reveal()}) == 3
+    assert parse_secret(new_secret()).for_key("alice").reveal() != alice.reveal()
+    signed = headers(alice, "msg_1", int(time.time()), b"{}")
+    verify(alice.reveal(), signed, b"{}")
+    for other in (bob, service):
+        with pytest.raises(SignatureMismatchError):
+            verify(other, signed, b"{}")
+    assert "alice" not in repr(alice) and alice.reveal() not in repr(alice)
+    with pytest.raises(ValueError, match="name"):
+        service.for_key("")
 
 
 def test_secrets_parse_and_never_show_their_key() -> None:
@@ -490,7 +502,7 @@ def test_the_secret_never_reaches_logs_records_or_reprs(caplog: pytest.LogCaptur
     assert receiver.requests[0].path == "/hook?token=tok_query_secret"
     assert "attempt 1/5 failed (status 500); retrying in 1.0 s" in caplog.text
     assert "delivered (attempt 3)" in caplog.text
-    ours = "\n".join(r.getMessage() for r in caplog.records if r.name == "models.webhooks")
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name == "models.webhook_delivery")
     assert "tok_query_secret" not in ours  # our log lines drop the query string
     for text in (caplog.text, repr(record), record.model_dump_json(), repr(parse_secret(SECRET))):
         assert SECRET not in text and key_part not in text

@@ -16,6 +16,7 @@ from superres_client.client import Client, Job
 from superres_client.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     InvalidOptions,
     JobCancelled,
     JobFailed,
@@ -37,6 +38,7 @@ __all__ = [
     "Client",
     "Conflict",
     "FaceEnhanceOptions",
+    "Forbidden",
     "InvalidOptions",
     "Job",
     "JobCancelled",

@@ -166,3 +166,6 @@ class AsyncClient:
 
     async def stats(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/v1/stats"))
+
+    async def webhook_secret(self) -> str:
+        return str((await self._json("GET", "/v1/webhooks/secret"))["secret"])

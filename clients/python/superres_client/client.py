@@ -217,3 +217,8 @@ class Client:
     def stats(self) -> dict[str, Any]:
         """``GET /v1/stats``."""
         return dict(self._json("GET", "/v1/stats"))
+
+    def webhook_secret(self) -> str:
+        """``GET /v1/webhooks/secret``: ``whsec_…``, which signs the webhooks of this API key's
+        jobs; verify them with it (``docs/webhooks.md``)."""
+        return str(self._json("GET", "/v1/webhooks/secret")["secret"])

@@ -40,6 +40,10 @@ class Unauthorized(SuperresError):
     """401: API key missing or wrong."""
 
 
+class Forbidden(SuperresError):
+    """403: not for this caller (e.g. a webhook secret while the service runs without keys)."""
+
+
 class NotFound(SuperresError):
     """404: e.g. an unknown job."""
 
@@ -83,6 +87,7 @@ class JobCancelled(JobFailed):
 _BY_STATUS: dict[int, type[SuperresError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     408: BadRequest,
     409: Conflict,

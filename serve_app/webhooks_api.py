@@ -1,0 +1,50 @@
+"""``GET /v1/webhooks/secret``: the secret that signs the webhooks of the caller's jobs.
+
+Each API key's webhooks are signed with a secret of its own, derived from the service's
+(``WebhookSecret.for_key``), so its holder verifies deliveries without asking the operator and
+cannot forge another key's. With API keys off there is no caller to derive for: the webhooks are
+signed with the service's own secret, which is never handed out over HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field
+
+from models.webhooks import WebhookSecret
+from serve_app.deps import replica, require_key
+from serve_app.errors import ApiError
+from serve_app.keys import Principal
+from serve_app.schemas import ErrorResponse
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+class WebhookSecretView(BaseModel):
+    key: str = Field(description="The API key (its name) whose jobs' webhooks this secret signs.")
+    secret: str = Field(description="whsec_…: verify those webhooks with it (Standard Webhooks).")
+
+
+def secret_for(service: WebhookSecret | None, caller: Principal) -> WebhookSecretView:
+    """The caller's webhook secret; ``ApiError`` 404 when webhooks are off, 403 with keys off."""
+    if service is None:
+        raise ApiError(404, "not_found", "webhooks are not configured on this service")
+    if caller.anonymous:
+        raise ApiError(
+            403,
+            "forbidden",
+            "this service runs without API keys: its webhooks are signed with the operator's "
+            "SUPERRES_WEBHOOK_SECRET, which is not handed out",
+        )
+    return WebhookSecretView(key=caller.name, secret=service.for_key(caller.name).reveal())
+
+
+@router.get("/secret", responses={s: {"model": ErrorResponse} for s in (401, 403, 404)})
+async def webhook_secret(
+    caller: Annotated[Principal, Depends(require_key)], response: Response
+) -> WebhookSecretView:
+    view = secret_for(replica().webhook_secret, caller)
+    response.headers["cache-control"] = "no-store"
+    return view
