@@ -31,7 +31,8 @@ from models.results import StoredImage
 from models.s3 import ResultStore
 from models.settings import Settings
 from models.storage import StorageUnavailableError
-from models.urlguard import UrlRefusedError, apost_json
+from models.urlguard import apost_json
+from models.urlpolicy import UrlRefusedError
 from models.webhook_delivery import deliver
 from models.webhooks import EventType, WebhookSecret
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions

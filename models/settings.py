@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.storage import StorageSettings
-from models.urlguard import UrlPolicy
+from models.urlpolicy import UrlPolicy
 from models.webhooks import WebhookSecret, parse_secret
 from models.weights import WeightsStore
 

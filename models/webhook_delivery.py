@@ -98,7 +98,7 @@ async def deliver(
     Non-2xx answers (3xx included: redirects are not followed), timeouts and connection errors are
     retried after ``backoff_s * factor**(n-1)`` seconds (at most ``max_backoff_s``, ± ``jitter``
     as a fraction); a 410 Gone, or an error of a ``give_up_on`` class (a URL the sender refuses,
-    ``urlguard.UrlRefusedError``), stops at once. ``on_attempt`` (sync or async) sees the record after
+    ``urlpolicy.UrlRefusedError``), stops at once. ``on_attempt`` (sync or async) sees the record after
     each attempt, with ``next_attempt_at`` set while a retry waits, so a job can save it.
     """
     if attempts < 1:

@@ -15,7 +15,8 @@ from ray.serve.handle import DeploymentHandle
 from models.jobs import TERMINAL, JobRecord, JobStore, new_id, now, request_hash
 from models.limits import Limits
 from models.storage import ObjectStore
-from models.urlguard import UrlPolicy, afetch, check_url
+from models.urlguard import afetch
+from models.urlpolicy import UrlPolicy, check_url
 from serve_app.errors import ApiError, validation_message
 from serve_app.keys import Principal
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions

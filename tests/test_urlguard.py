@@ -23,18 +23,8 @@ from typing import Any
 import pytest
 
 from models.errors import ImageTooLargeError, InvalidOptionError
-from models.urlguard import (
-    UrlFetchError,
-    UrlPolicy,
-    UrlRefusedError,
-    UrlTooLargeError,
-    afetch,
-    apost_json,
-    check_url,
-    fetch,
-    is_public_address,
-    post_json,
-)
+from models.urlguard import UrlFetchError, UrlTooLargeError, afetch, apost_json, fetch, post_json
+from models.urlpolicy import UrlPolicy, UrlRefusedError, check_url, is_public_address
 from tests.httpserver import unused_port
 
 LOOPBACK = UrlPolicy(

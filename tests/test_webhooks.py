@@ -405,7 +405,7 @@ def test_a_redirect_is_a_failure_and_410_gone_stops_at_once() -> None:
 
 
 def test_an_error_the_caller_names_stops_at_once() -> None:
-    class Refused(ValueError):  # as urlguard.UrlRefusedError: retrying cannot help
+    class Refused(ValueError):  # as urlpolicy.UrlRefusedError: retrying cannot help
         pass
 
     async def refuse(url: str, body: bytes, headers: Mapping[str, str]) -> int:
