@@ -35,9 +35,11 @@ import pytest
 import schemathesis
 from hypothesis import strategies as st
 from PIL import Image as PILImage
+from pydantic import SecretStr
 from schemathesis.engine import events, from_schema
 
 from deployments.quota import QuotaLimits
+from models.webhooks import new_secret
 from serve_app.keys import create_key
 from superres_client.options import NO_BACKGROUND_MODEL
 from tests.conftest import tiny_app_args
@@ -53,6 +55,7 @@ OPERATIONS = (
     "DELETE /v1/jobs/{job_id}",
     "GET /v1/models",
     "GET /v1/stats",
+    "GET /v1/webhooks/secret",
     "GET /healthz",
     "GET /readyz",
 )
@@ -213,8 +216,12 @@ def keyed_target(serve_app, tiny_weights, tmp_path_factory) -> Iterator[Target]:
     args = tiny_app_args(
         tiny_weights,
     )
-    # its own bucket: one JobRunner per bucket
-    update = {"api_keys_file": path, "s3_bucket": "superres-fuzz-keyed"}
+    # its own bucket: one JobRunner per bucket; a webhook secret: /v1/webhooks/secret answers 200
+    update = {
+        "api_keys_file": path,
+        "s3_bucket": "superres-fuzz-keyed",
+        "webhook_secret": SecretStr(new_secret()),
+    }
     settings = serve_app.settings.model_copy(update=update)
     serve.run(build(args, settings), name="fuzz-keyed", route_prefix="/fuzz-keyed")
     yield Target(f"{serve_app.url}/fuzz-keyed", key)

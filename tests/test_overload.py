@@ -14,7 +14,11 @@ from tests.test_api import encode, noise
 
 pytestmark = pytest.mark.serve
 
-ONGOING, QUEUED, EXTRA = 1, 1, 4
+ONGOING, QUEUED, EXTRA = 1, 1, 6
+# Ray Serve's router does not count a request it has sent to a replica that has not yet accepted or
+# rejected it (router.py, _route_and_send_request_once): one per replica may get past the queue
+# bound and then wait for a slot. So at most ONGOING + QUEUED + IN_FLIGHT of a burst are accepted.
+IN_FLIGHT = 1
 
 
 def deploy_slow(
@@ -60,9 +64,7 @@ def timed(method: str, url: str, **kwargs: object) -> tuple[httpx.Response, floa
 
 
 def test_the_excess_gets_a_fast_503_and_health_stays_fast(slow_app: str) -> None:
-    # Big enough (256 tiles) that no request ends before all have arrived on a loaded machine:
-    # one that did would free a slot and turn an expected 503 into a 200.
-    image = encode(noise(256, 256))
+    image = encode(noise(160, 160))
     assert httpx.get(f"{slow_app}/readyz").status_code == 200  # probes poll from the start
     alone, single = timed("POST", f"{slow_app}/v1/upscale", content=image)
     assert alone.status_code == 200, alone.text
@@ -77,7 +79,8 @@ def test_the_excess_gets_a_fast_503_and_health_stays_fast(slow_app: str) -> None
         probes = [f.result() for f in health]
     statuses = sorted(r.status_code for r, _ in results)
     refused = [(r, s) for r, s in results if r.status_code == 503]
-    assert len(refused) >= EXTRA, statuses
+    timeline = sorted((round(s, 2), r.status_code) for r, s in results)
+    assert len(refused) >= EXTRA - IN_FLIGHT, f"{statuses}; alone {single:.2f} s; {timeline}"
     assert statuses.count(200) >= ONGOING, statuses
     for response, seconds in refused:
         assert response.json()["error"]["code"] == "overloaded"
