@@ -9,7 +9,7 @@ Keys (all under the results bucket):
 * ``jobs/records/<id>.json`` — the ``JobRecord``; ``jobs/active/<id>`` marks it not yet finished;
 * ``jobs/inputs/<id>`` — the uploaded image;
 * ``jobs/progress/<id>.json`` — tiles done and total, written by the model replica while it runs;
-* ``jobs/idempotency/<owner>/<sha256 of the key>.json`` — which job an ``Idempotency-Key`` made;
+* ``jobs/idempotency/<owner>/<sha256 of the key>.json`` — the jobs an ``Idempotency-Key`` made;
 * ``cache/<sha256>.json`` — the result of an earlier identical request (same input, options, model).
 """
 
@@ -134,16 +134,16 @@ class JobStore:
             f"{PROGRESS}{job_id}.json", progress.model_dump_json().encode(), "application/json"
         )
 
-    def idempotent(self, owner: str, key: str) -> tuple[str, str] | None:
-        """(job id, request hash) an ``Idempotency-Key`` of ``owner`` made, if any."""
+    def idempotent(self, owner: str, key: str) -> tuple[list[str], str] | None:
+        """(job ids, in order, and the request hash) an ``Idempotency-Key`` of ``owner`` made."""
         data = self.store.read(self._idempotency_key(owner, key))
         if data is None:
             return None
         found = json.loads(data)
-        return str(found["job"]), str(found["request_hash"])
+        return [str(i) for i in found["jobs"]], str(found["request_hash"])
 
-    def remember(self, owner: str, key: str, record: JobRecord) -> None:
-        body = json.dumps({"job": record.id, "request_hash": record.request_hash}).encode()
+    def remember(self, owner: str, key: str, job_ids: list[str], request_hash: str) -> None:
+        body = json.dumps({"jobs": job_ids, "request_hash": request_hash}).encode()
         self._put(self._idempotency_key(owner, key), body, "application/json")
 
     def cached(self, request: str) -> dict[str, Any] | None:

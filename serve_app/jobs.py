@@ -101,8 +101,10 @@ class Jobs:
             await asyncio.to_thread(self.jobs.create, record, image)
             records.append(record)
         if idempotency_key:
-            marker = records[0].model_copy(update={"request_hash": body_hash, "batch_id": batch})
-            await asyncio.to_thread(self.jobs.remember, caller.name, idempotency_key, marker)
+            ids = [r.id for r in records]
+            await asyncio.to_thread(
+                self.jobs.remember, caller.name, idempotency_key, ids, body_hash
+            )
         for record in records:  # the runner would find them anyway: this only starts them sooner
             try:
                 await self.runner.submit.remote(record.id)
@@ -111,19 +113,14 @@ class Jobs:
         return records
 
     async def _replay(
-        self, caller: Principal, known: tuple[str, str], body_hash: str
+        self, caller: Principal, known: tuple[list[str], str], body_hash: str
     ) -> list[JobRecord]:
-        job_id, known_hash = known
+        job_ids, known_hash = known
         if known_hash != body_hash:
             raise ApiError(
                 409, "idempotency_conflict", "this Idempotency-Key was used for another request"
             )
-        record = await self.get(caller, job_id)
-        if record.batch_id is None:
-            return [record]
-        ids = await asyncio.to_thread(self.jobs.all_ids)
-        found = [await asyncio.to_thread(self.jobs.get, i) for i in ids]
-        return [r for r in found if r is not None and r.batch_id == record.batch_id]
+        return [await self.get(caller, job_id) for job_id in job_ids]
 
     async def accept(self, caller: Principal, options: BaseModel, image: bytes) -> dict[str, Any]:
         """A sync route's request as a job (``Prefer: respond-async``); the job's view."""

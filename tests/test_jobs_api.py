@@ -96,17 +96,28 @@ def test_idempotency_key(serve_app) -> None:
         assert (other.status_code, other.json()["error"]["code"]) == (409, "idempotency_conflict")
 
 
-def test_a_batch_makes_one_job_per_image(serve_app) -> None:
+def test_a_batch_makes_one_job_per_image_and_replays_in_order(serve_app) -> None:
     images = [encode(noise(8, 8, seed=s)) for s in (35, 36, 37)]
+    key = {"idempotency-key": f"batch-{time.time_ns()}"}
     with serve_app.client() as client:
         r = client.post(
             "/v1/jobs",
             data={"options": json.dumps({"scale": 2})},
             files=[("file", (f"{i}.png", im)) for i, im in enumerate(images)],
+            headers=key,
         )
         assert r.status_code == 202, r.text
         body = r.json()
         assert body["batch_id"] and len(body["jobs"]) == 3
+        replayed = client.post(  # the same batch with the same Idempotency-Key: the same jobs
+            "/v1/jobs",
+            data={"options": json.dumps({"scale": 2})},
+            files=[("file", (f"{i}.png", im)) for i, im in enumerate(images)],
+            headers=key,
+        )
+        assert replayed.status_code == 202, replayed.text
+        assert replayed.json()["batch_id"] == body["batch_id"]
+        assert [j["id"] for j in replayed.json()["jobs"]] == [j["id"] for j in body["jobs"]]
         done = [wait_for(client, job["id"]) for job in body["jobs"]]
         listed = client.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()
     assert all(j["status"] == "succeeded" and j["batch_id"] == body["batch_id"] for j in done)
