@@ -34,7 +34,7 @@ from models.storage import StorageUnavailableError
 from models.urlguard import apost_json
 from models.urlpolicy import UrlRefusedError
 from models.webhook_delivery import deliver
-from models.webhooks import EventType, WebhookSecret
+from models.webhooks import EventType, WebhookSecret, event_msg_id
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
 log = logging.getLogger("ray.serve")
@@ -172,7 +172,13 @@ class JobRunner:
         event: EventType = "job.succeeded" if record.status == "succeeded" else "job.failed"
         data = record.model_dump(mode="json", exclude={"request_hash", "owner", "deliveries"})
         delivery = await deliver(
-            url, event, data, secret, self._post, give_up_on=(UrlRefusedError,)
+            url,
+            event,
+            data,
+            secret,
+            self._post,
+            msg_id=event_msg_id(record.id, event),
+            give_up_on=(UrlRefusedError,),
         )
         return delivery.model_dump(mode="json")
 

@@ -142,6 +142,16 @@ def new_msg_id() -> str:
     return f"msg_{secrets.token_hex(16)}"
 
 
+def event_msg_id(subject: str, type: EventType) -> str:
+    """A ``webhook-id`` fixed by what happened (``subject``'s ``type`` event), not by who sends
+    it: if the same event is sent twice (a job run by two runners during an upgrade), receivers
+    see one id and drop the repeat as they drop a retry."""
+    msg_id = f"msg_{subject}_{type.replace('.', '_')}"
+    if "." in msg_id or not msg_id.isprintable():
+        raise ValueError(f"a webhook id subject must be printable and without '.': {subject!r}")
+    return msg_id
+
+
 def sign(secret: SecretLike, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,`` + base64 HMAC-SHA256 of ``{msg_id}.{timestamp}.{body}``."""
     if not msg_id or "." in msg_id or not msg_id.isprintable():

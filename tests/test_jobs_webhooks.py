@@ -116,6 +116,7 @@ def test_a_job_from_an_image_url_delivers_a_webhook_signed_for_its_key(
     assert delivery["delivered"] and len(delivery["attempts"]) == 2  # 500, then 200
     mine = [(h, b) for h, b in receiver.calls if json.loads(b)["data"]["id"] == done["id"]]
     assert len(mine) == 2 and mine[0][0]["webhook-id"] == mine[1][0]["webhook-id"]
+    assert mine[0][0]["webhook-id"] == delivery["id"] == f"msg_{done['id']}_job_succeeded"
 
     # Each key's holder asks for its own secret (the SDK's call): alice's verifies, no other does.
     with Client(hooks_app.url, api_key=hooks_app.keys["alice"]) as sr:

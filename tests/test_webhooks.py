@@ -30,6 +30,7 @@ from models.webhooks import (
     WebhookSecret,
     WebhookSecretError,
     event,
+    event_msg_id,
     headers,
     new_secret,
     parse_secret,
@@ -202,6 +203,15 @@ def test_each_api_key_gets_a_secret_of_its_own_derived_from_the_services() -> No
     assert "alice" not in repr(alice) and alice.reveal() not in repr(alice)
     with pytest.raises(ValueError, match="name"):
         service.for_key("")
+
+
+def test_an_events_id_is_fixed_by_the_event_and_signable() -> None:
+    msg_id = event_msg_id("job_3f2a", "job.succeeded")
+    assert msg_id == "msg_job_3f2a_job_succeeded" == event_msg_id("job_3f2a", "job.succeeded")
+    assert event_msg_id("job_3f2a", "job.failed") != msg_id
+    sign(new_secret(), msg_id, 1, b"{}")  # a valid id for the signature
+    with pytest.raises(ValueError, match="subject"):
+        event_msg_id("job.3f2a", "job.failed")
 
 
 def test_secrets_parse_and_never_show_their_key() -> None:
