@@ -141,15 +141,20 @@ def main(workdir: Path) -> dict[str, Any]:
         serve.start(http_options={"host": "127.0.0.1", "port": http})
         serve.run(build(args, settings, options), name="cluster", route_prefix="/")
         client = httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=60)
-        image = encode(noise(800, 800, seed=51))
+        image = encode(noise(1200, 1200, seed=51))  # 5625 tiles: seconds, long enough to kill
 
         # 1. the node running the Upscaler dies mid-job; a new node joins; the job finishes once
         r = client.post(
             "/v1/jobs", files={"file": ("in.png", image)}, data={"options": '{"scale": 1}'}
         )
         job_id = r.json()["id"]
-        wait(lambda: (job(client, job_id).get("progress") or {}).get("done"), 120, "progress")
+        seen = wait(
+            lambda: (p := job(client, job_id).get("progress") or {}).get("done") and p,
+            120,
+            "progress",
+        )
         kill(worker)
+        findings["progress_at_kill"] = seen
         findings["status_after_kill"] = job(client, job_id)["status"]
         worker = start_node(*worker_args, env=env)
         done = wait(

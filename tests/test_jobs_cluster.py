@@ -26,6 +26,8 @@ def test_jobs_survive_node_loss_and_an_application_restart(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     findings = json.loads(done.stdout.strip().splitlines()[-1])
     assert findings["status_after_kill"] in ("running", "queued")
+    seen = findings["progress_at_kill"]  # the premise: the node died with the job half done
+    assert 0 < seen["done"] < seen["total"], findings
     assert findings["node_loss"]["status"] == "succeeded", findings
     assert findings["node_loss"]["attempts"] >= 2  # it was running when its node died
     assert findings["node_loss_results"] == 1  # retried, never duplicated
