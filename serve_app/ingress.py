@@ -34,7 +34,7 @@ from serve_app.jobs import Jobs
 from serve_app.jobs_api import router as jobs_router
 from serve_app.keys import Principal
 from serve_app.metrics import RequestMetrics
-from serve_app.schemas import ErrorResponse, ModelInfo, UpscaleResult
+from serve_app.schemas import ModelInfo, UpscaleResult, error_responses
 from serve_app.status import LastKnown
 from serve_app.upload import read_upload, request_body
 from serve_app.web import router as web_router
@@ -45,12 +45,8 @@ log = logging.getLogger("ray.serve")
 
 Options = TypeVar("Options", bound=BaseModel)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 429, 503)
-}
-STATUS_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (401, 503)
-}
+ERRORS = error_responses(400, 401, 408, 413, 415, 422, 429, 503)
+STATUS_ERRORS = error_responses(401, 503)
 
 
 app = FastAPI(

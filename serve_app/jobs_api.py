@@ -22,7 +22,7 @@ from serve_app.deps import replica, require_key
 from serve_app.errors import ApiError, validation_message
 from serve_app.jobs import OPTIONS, Jobs
 from serve_app.keys import Principal
-from serve_app.schemas import ErrorResponse
+from serve_app.schemas import error_responses
 from serve_app.upload import MULTIPART_OVERHEAD, limited, sniffed
 
 MAX_BATCH = 16
@@ -40,10 +40,6 @@ class JobRequest(BaseModel):
     image_url: str | None = None
     image_urls: list[str] = Field(default_factory=list, max_length=MAX_BATCH)
     webhook_url: str | None = None
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
 
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -121,7 +117,7 @@ async def _form(request: Request, limits: Limits) -> tuple[dict[str, Any], list[
 @router.post(
     "",
     status_code=202,
-    responses=_errors(400, 401, 409, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     openapi_extra=CREATE_BODY,
 )
 async def create_jobs(
@@ -174,7 +170,7 @@ async def create_jobs(
     return views[0] if len(views) == 1 else {"batch_id": records[0].batch_id, "jobs": views}
 
 
-@router.get("/{job_id}", responses=_errors(401, 404, 503))
+@router.get("/{job_id}", responses=error_responses(401, 404, 503))
 async def get_job(
     job_id: str, caller: Annotated[Principal, Depends(require_key)]
 ) -> dict[str, Any]:
@@ -182,7 +178,7 @@ async def get_job(
     return await jobs.view(await jobs.get(caller, job_id))
 
 
-@router.delete("/{job_id}", responses=_errors(401, 404, 409, 503))
+@router.delete("/{job_id}", responses=error_responses(401, 404, 409, 503))
 async def cancel_job(
     job_id: str, caller: Annotated[Principal, Depends(require_key)]
 ) -> dict[str, Any]:
@@ -190,7 +186,7 @@ async def cancel_job(
     return await jobs.view(await jobs.cancel(caller, job_id))
 
 
-@router.get("", responses=_errors(401, 422, 503))
+@router.get("", responses=error_responses(401, 422, 503))
 async def list_jobs(
     caller: Annotated[Principal, Depends(require_key)],
     status: Annotated[

@@ -1,8 +1,10 @@
-"""The API's request options and result, shared by HTTP clients and Python handle callers."""
+"""The API's answers: the result (shared by HTTP clients and Python handle callers), the models, and
+the error envelope of every 4xx/5xx."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,3 +62,8 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's documented error statuses, each answered with the ``ErrorResponse`` envelope."""
+    return {status: {"model": ErrorResponse} for status in statuses}

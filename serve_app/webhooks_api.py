@@ -17,7 +17,7 @@ from models.webhooks import WebhookSecret
 from serve_app.deps import replica, require_key
 from serve_app.errors import ApiError
 from serve_app.keys import Principal
-from serve_app.schemas import ErrorResponse
+from serve_app.schemas import error_responses
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -41,7 +41,7 @@ def secret_for(service: WebhookSecret | None, caller: Principal) -> WebhookSecre
     return WebhookSecretView(key=caller.name, secret=service.for_key(caller.name).reveal())
 
 
-@router.get("/secret", responses={s: {"model": ErrorResponse} for s in (401, 403, 404)})
+@router.get("/secret", responses=error_responses(401, 403, 404))
 async def webhook_secret(
     caller: Annotated[Principal, Depends(require_key)], response: Response
 ) -> WebhookSecretView:
