@@ -34,8 +34,8 @@ from models.storage import StorageUnavailableError
 from models.urlguard import apost_json
 from models.urlpolicy import UrlRefusedError
 from models.webhook_delivery import deliver
-from models.webhooks import EventType, WebhookSecret, event_msg_id
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions
+from superres_client.webhooks import EventType, WebhookSecret, event_msg_id
 
 log = logging.getLogger("ray.serve")
 

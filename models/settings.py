@@ -14,8 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.storage import StorageSettings
 from models.urlpolicy import UrlPolicy
-from models.webhooks import WebhookSecret, parse_secret
 from models.weights import WeightsStore
+from superres_client.webhooks import WebhookSecret, parse_secret
 
 
 class Settings(BaseSettings):

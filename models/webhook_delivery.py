@@ -1,4 +1,4 @@
-"""Sending a webhook (``models.webhooks`` is its format): retries with exponential backoff and
+"""Sending a webhook (``superres_client.webhooks`` is its format): retries with exponential backoff and
 jitter, and a ``Delivery`` record of every attempt for the job; it never raises for the receiver's
 failures.
 
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from models.webhooks import EventType, SecretLike, event, headers, new_msg_id, secret_list
+from superres_client.webhooks import EventType, SecretLike, event, headers, new_msg_id, secret_list
 
 log = logging.getLogger(__name__)
 

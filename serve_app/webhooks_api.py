@@ -13,11 +13,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from models.webhooks import WebhookSecret
 from serve_app.deps import replica, require_key
 from serve_app.errors import ApiError
 from serve_app.keys import Principal
 from serve_app.schemas import error_responses
+from superres_client.webhooks import WebhookSecret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

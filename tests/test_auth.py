@@ -22,7 +22,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from deployments.quota import QuotaLimits
-from models.webhooks import new_secret, parse_secret
 from serve_app import auth
 from serve_app.auth import KeyRing, Unauthorized, key_dependency
 from serve_app.keys import (
@@ -34,6 +33,7 @@ from serve_app.keys import (
     read_keys,
     revoke_key,
 )
+from superres_client.webhooks import new_secret, parse_secret
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_HASH = "ab" * 32

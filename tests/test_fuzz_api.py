@@ -39,9 +39,9 @@ from pydantic import SecretStr
 from schemathesis.engine import events, from_schema
 
 from deployments.quota import QuotaLimits
-from models.webhooks import new_secret
 from serve_app.keys import create_key
 from superres_client.options import NO_BACKGROUND_MODEL
+from superres_client.webhooks import new_secret
 from tests.conftest import tiny_app_args
 
 pytestmark = pytest.mark.serve

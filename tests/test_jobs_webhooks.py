@@ -13,11 +13,11 @@ import pytest
 from pydantic import SecretStr
 
 from deployments.quota import QuotaLimits
-from models.webhooks import SignatureMismatchError, new_secret, parse_secret, verify
 from serve_app.errors import ApiError
 from serve_app.keys import ANONYMOUS, Principal, create_key
 from serve_app.webhooks_api import secret_for
 from superres_client import Client, NotFound
+from superres_client.webhooks import SignatureMismatchError, new_secret, parse_secret, verify
 from tests.conftest import tiny_app_args
 from tests.httpserver import FileServer
 from tests.test_api import encode, fetch, noise

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# Each layer may import only those before it. The SDK's options module is the bottom layer: the
-# service imports it, and the SDK's distribution holds it so that the SDK installs alone.
+# Each layer may import only those before it. The SDK's contract modules (SHARED) are the bottom
+# layer: the service imports them, and the SDK's distribution holds them so that it installs alone.
 LAYERS = ("superres_client", "models", "deployments", "serve_app")
 WHERE = {"superres_client": "clients/python/superres_client"}
-SHARED = "superres_client.options"  # the one SDK module the service may import
+# The SDK modules the service may import: the API's contracts (request options, webhook format).
+SHARED = frozenset({"superres_client.options", "superres_client.webhooks"})
 LOCAL = "_local.py"  # `superres upscale --local`: the SDK module that runs models/ (lazily)
 HEAVY = ("torch", "spandrel", "cv2", "torchvision")
 MAX_LINES = 300
@@ -40,7 +41,7 @@ def upward_imports(root: Path) -> list[str]:
                 continue
             for name in sorted(_imports(path)):
                 top = name.split(".")[0]
-                if top in above or (top == "superres_client" != layer and name != SHARED):
+                if top in above or (top == "superres_client" != layer and name not in SHARED):
                     found.append(f"{path.relative_to(root)} imports {name}")
     return found
 
@@ -66,9 +67,11 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     ]
 
 
-def test_the_sdk_options_need_only_pydantic() -> None:
-    imports = {n.split(".")[0] for n in _imports(REPO / WHERE["superres_client"] / "options.py")}
-    assert imports <= {"__future__", "typing", "pydantic"}
+@pytest.mark.parametrize("module", sorted(SHARED))
+def test_the_contracts_need_only_pydantic_and_the_standard_library(module: str) -> None:
+    path = REPO / WHERE["superres_client"] / f"{module.rsplit('.', 1)[1]}.py"
+    imports = {n.split(".")[0] for n in _imports(path)}
+    assert imports <= {"pydantic", *sys.stdlib_module_names}, imports
 
 
 def test_the_ingress_loads_no_torch_spandrel_or_opencv() -> None:

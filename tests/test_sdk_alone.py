@@ -59,6 +59,26 @@ def test_the_sdk_installs_without_the_service(sdk_venv: Venv) -> None:
     assert {"superres-client", "httpx", "pydantic"} <= names and "superres" not in names
 
 
+def test_a_receiver_verifies_webhooks_with_the_sdk_alone(sdk_venv: Venv) -> None:
+    from tests import test_webhooks as spec  # the spec's reference vector
+
+    script = textwrap.dedent(
+        f"""
+        from superres_client.webhooks import SignatureMismatchError, verify
+        headers = {{"webhook-id": {spec.VECTOR_ID!r}, "webhook-timestamp":
+            "{spec.VECTOR_TIMESTAMP}", "webhook-signature": {spec.VECTOR_SIGNATURE!r}}}
+        verify({spec.VECTOR_SECRET!r}, headers, {spec.VECTOR_BODY!r}, now={spec.VECTOR_TIMESTAMP})
+        try:
+            verify({spec.VECTOR_SECRET!r}, headers, b"{{}}", now={spec.VECTOR_TIMESTAMP})
+        except SignatureMismatchError:
+            print("verified; a changed body refused")
+        """
+    )
+    done = sdk_venv.run(sdk_venv.python, "-c", script, cwd=sdk_venv.root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "verified; a changed body refused"
+
+
 def test_the_sdk_alone_against_the_service(serve_app, sdk_venv: Venv, tmp_path: Path) -> None:
     (tmp_path / "in.png").write_bytes(encode(noise(12, 20, seed=71)))
     script = textwrap.dedent(

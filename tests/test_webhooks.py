@@ -1,4 +1,4 @@
-"""Standard Webhooks signing, verifying and delivery (models/webhooks.py), against real local
+"""Standard Webhooks signing, verifying and delivery (clients/python/superres_client/webhooks.py), against real local
 receivers on 127.0.0.1 that check each request with the snippet from docs/webhooks.md."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from models.webhook_delivery import Delivery, Send, backoff, deliver, in_thread
-from models.webhooks import (
+from superres_client.webhooks import (
     MissingHeaderError,
     SignatureMismatchError,
     TimestampOutOfToleranceError,

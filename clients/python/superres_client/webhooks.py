@@ -3,9 +3,16 @@
 A job that finishes POSTs ``{"type", "timestamp", "data"}`` to the caller's URL with three headers:
 ``webhook-id`` (the same on every retry, for dedupe), ``webhook-timestamp`` (Unix seconds of the
 attempt) and ``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 over ``id.timestamp.body``, keyed
-with the secret ``whsec_<base64 key>``. This module is the format: secrets, the body, signing and
-verifying; ``models.webhook_delivery`` sends and retries. The secret never reaches a log line, a
-repr or a record.
+with the secret ``whsec_<base64 key>``.
+
+This module is the format: secrets, the body, signing and verifying. The service signs with it
+(``models.webhook_delivery`` sends); receivers verify with it, which is why it lives in the SDK
+(standard library only)::
+
+    from superres_client.webhooks import verify
+    verify(secret, request.headers, raw_body)  # raises WebhookVerificationError
+
+The secret never reaches a log line, a repr or a record.
 """
 
 from __future__ import annotations
@@ -22,8 +29,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from models.errors import SuperResError
-
 EventType = Literal["job.succeeded", "job.failed"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 PREFIX = "whsec_"
@@ -32,7 +37,7 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _PER_KEY = b"superres webhook secret of API key\0"  # domain separation from the signatures
 
 
-class WebhookError(SuperResError):
+class WebhookError(Exception):
     """Base class of the webhook errors."""
 
 
@@ -68,7 +73,7 @@ class WebhookSecret:
         if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
             raise WebhookSecretError(
                 f"a webhook secret must hold {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, "
-                f"not {len(key)}; make one with models.webhooks.new_secret()"
+                f"not {len(key)}; make one with superres_client.webhooks.new_secret()"
             )
         self._key = bytes(key)
 
@@ -78,7 +83,7 @@ class WebhookSecret:
         if not text.startswith(PREFIX):
             raise WebhookSecretError(
                 f"a webhook secret starts with {PREFIX!r} followed by base64 "
-                "(make one with models.webhooks.new_secret())"
+                "(make one with superres_client.webhooks.new_secret())"
             )
         encoded = text[len(PREFIX) :]
         try:
