@@ -47,6 +47,7 @@ MINIO_USER_SCRIPT = Path("k8s/minio_user.sh")
 JOBS_CONFIGMAP = Path("k8s/base/generated/storage-jobs.yaml")
 CONSTRAINTS = Path("k8s/image/constraints.txt")
 OWN_DISTRIBUTIONS = ("superres", "superres-client")
+SDK_PYPROJECT = Path("clients/python/pyproject.toml")
 # Overlay name -> the overrides applied on top of the base config (None: the base config as is).
 OVERLAYS: dict[str, Path | None] = {"cpu": None, "gpu": GPU_OVERRIDES}
 # In a pod the proxy must listen on the pod IP, whatever the single-machine config says.
@@ -261,10 +262,13 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
 def runtime_requirements(repo: Path) -> list[Requirement]:
-    """The project's runtime dependencies plus the extras the image installs."""
+    """The runtime dependencies of the service and of the SDK (the image installs both), plus the
+    extras the image installs."""
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    sdk = tomllib.loads((repo / SDK_PYPROJECT).read_text())["project"]
     extras = project.get("optional-dependencies", {})
-    lines = list(project["dependencies"]) + [r for e in IMAGE_EXTRAS for r in extras[e]]
+    lines = [*project["dependencies"], *sdk["dependencies"]]
+    lines += [r for e in IMAGE_EXTRAS for r in extras[e]]
     return [Requirement(line) for line in lines]
 
 

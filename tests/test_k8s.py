@@ -159,7 +159,9 @@ def test_generated_files_match_their_sources() -> None:
 def test_check_mode_reports_a_drifted_manifest(tmp_path: Path) -> None:
     for folder in ("configs", "k8s"):
         shutil.copytree(REPO / folder, tmp_path / folder)
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    for pyproject in (Path("pyproject.toml"), generate.SDK_PYPROJECT):
+        (tmp_path / pyproject).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / pyproject, tmp_path / pyproject)
     assert generate.drift(tmp_path) == []
     overrides = tmp_path / generate.GPU_OVERRIDES
     overrides.write_text(overrides.read_text().replace("max_replicas: 8", "max_replicas: 6"))
@@ -1451,7 +1453,9 @@ def test_image_constraints_satisfy_pyproject(tmp_path: Path) -> None:
     assert generate.constraint_problems(REPO) == []
     pins = generate.read_constraints(REPO / generate.CONSTRAINTS)
     assert pins["ray"] == ray.__version__
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    for pyproject in (Path("pyproject.toml"), generate.SDK_PYPROJECT):
+        (tmp_path / pyproject).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / pyproject, tmp_path / pyproject)
     (tmp_path / generate.CONSTRAINTS).parent.mkdir(parents=True)
     (tmp_path / generate.CONSTRAINTS).write_text("ray==2.59.0\ntorch==2.14.1\n")
     problems = generate.constraint_problems(tmp_path)
