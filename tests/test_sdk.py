@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
+import superres_client
 from superres_client import (
     AsyncClient,
     BadRequest,
@@ -121,14 +122,17 @@ def test_models_stats_and_jobs(serve_app) -> None:
 
 
 @pytest.fixture
-def stub() -> Iterator[tuple[str, list[float]]]:
+def stub() -> Iterator[tuple[str, list[float], list[str]]]:
     """A server on 127.0.0.1: ``/v1/models`` answers 503 (Retry-After: 1) then 200;
-    ``/v1/stats`` always 503 with Retry-After: 0. Yields its URL and the request times."""
+    ``/v1/stats`` always 503 with Retry-After: 0. Yields its URL, the request times and the
+    User-Agent of each request."""
     seen: list[float] = []
+    agents: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(time.monotonic())
+            agents.append(self.headers.get("user-agent", ""))
             ok = self.path == "/v1/models" and len(seen) > 1
             body = b"[]" if ok else b'{"error": {"code": "overloaded", "message": "busy"}}'
             self.send_response(200 if ok else 503)
@@ -145,20 +149,22 @@ def stub() -> Iterator[tuple[str, list[float]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen, agents
     server.shutdown()
     server.server_close()
 
 
 def test_retries_503_after_retry_after(stub) -> None:
-    url, seen = stub
+    url, seen, agents = stub
     with Client(url) as sr:
         assert sr.models() == []
     assert len(seen) == 2 and seen[1] - seen[0] >= 0.9
+    assert agents == [f"superres-client/{superres_client.__version__} (python)"] * 2
+    assert superres_client.__version__ == "0.1.0"  # from the installed distribution
 
 
 def test_retries_are_bounded(stub) -> None:
-    url, seen = stub
+    url, seen, _ = stub
     with Client(url, retry=Retry(attempts=3)) as sr, pytest.raises(Overloaded) as caught:
         sr.stats()
     assert len(seen) == 3

@@ -10,7 +10,7 @@ with Client("http://127.0.0.1:8000", api_key=None) as sr:
 ```
 """
 
-from superres_client._common import Retry
+from superres_client._common import Retry, __version__
 from superres_client.aio import AsyncClient, AsyncJob
 from superres_client.client import Client, Job
 from superres_client.errors import (
@@ -55,4 +55,5 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "UpscaleOptions",
+    "__version__",
 ]

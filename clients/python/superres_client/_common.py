@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,12 @@ from pydantic import BaseModel, ValidationError
 from superres_client.errors import InvalidOptions, SuperresError
 from superres_client.options import FaceEnhanceOptions, UpscaleOptions
 
+try:
+    __version__ = version("superres-client")
+except PackageNotFoundError:  # imported from a source tree that was not installed
+    __version__ = "0+unknown"
+
+USER_AGENT = f"superres-client/{__version__} (python)"
 Operation = Literal["upscale", "face-enhance"]
 ImageInput = str | Path | bytes  # a file path, an http(s) URL, or the image itself
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -32,7 +39,8 @@ def base_url(url: str | None) -> str:
 
 def headers(api_key: str | None) -> dict[str, str]:
     key = api_key if api_key is not None else os.environ.get("SUPERRES_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    sent = {"User-Agent": USER_AGENT}
+    return {**sent, "Authorization": f"Bearer {key}"} if key else sent
 
 
 def checked_options(operation: str, options: dict[str, Any]) -> dict[str, Any]:
