@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.config import CustomModel, build_registry
 from models.errors import SuperResError
-from models.jobs import ANONYMOUS_OWNER, JobError, JobRecord, JobStore, now
+from models.jobs import PRIVATE_FIELDS, JobError, JobRecord, JobStore, now
 from models.limits import Limits
 from models.registry import variant_id
 from models.results import StoredImage
@@ -160,8 +160,8 @@ class JobRunner:
             raise
         if record.webhook_url and self._secret is not None and record.status != "cancelled":
             secret = self._secret
-            if record.owner != ANONYMOUS_OWNER:  # each API key's receivers have their own
-                secret = secret.for_key(record.owner)
+            if record.owner_key is not None:  # each API key's receivers have their own
+                secret = secret.for_key(record.owner_key)
             record.deliveries.append(await self._notify(record, record.webhook_url, secret))
         await asyncio.to_thread(self._jobs.save, record)
         self._finished[record.status] += 1
@@ -170,7 +170,7 @@ class JobRunner:
     async def _notify(self, record: JobRecord, url: str, secret: WebhookSecret) -> dict[str, Any]:
         """The job's event, signed (Standard Webhooks) and retried; how it went, for the record."""
         event: EventType = "job.succeeded" if record.status == "succeeded" else "job.failed"
-        data = record.model_dump(mode="json", exclude={"request_hash", "owner", "deliveries"})
+        data = record.model_dump(mode="json", exclude={*PRIVATE_FIELDS, "deliveries"})
         delivery = await deliver(
             url,
             event,

@@ -32,6 +32,8 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Operation = Literal["upscale", "face-enhance"]
 ANONYMOUS_OWNER = "anonymous"  # the owner of jobs made with API keys off
+# Record fields that stay inside the service: never in an API answer or a webhook.
+PRIVATE_FIELDS = frozenset({"request_hash", "owner", "owner_key"})
 
 RECORDS, ACTIVE, INPUTS, PROGRESS = (
     "jobs/records/",
@@ -63,6 +65,7 @@ class JobRecord(BaseModel):
     operation: Operation
     options: dict[str, Any]
     owner: str
+    owner_key: str | None = None  # the fingerprint of the API key that made it (None: keys off)
     input_sha256: str
     status: JobStatus = "queued"
     webhook_url: str | None = None

@@ -85,12 +85,13 @@ def revoke(args: argparse.Namespace) -> int:
 
 def webhook_secret(args: argparse.Namespace) -> int:
     path = _file(args)
-    if not any(r.name == args.name for r in read_keys(path)):
+    found = [r for r in read_keys(path) if r.name == args.name]
+    if not found:
         raise UsageError(f"no key named {args.name!r} in {path}")
     service = Settings().webhook_signer()
     if service is None:
         raise UsageError("set SUPERRES_WEBHOOK_SECRET (the service's) to derive a key's")
-    print(service.for_key(args.name).reveal(), flush=True)
+    print(service.for_key(found[0].fingerprint).reveal(), flush=True)
     return 0
 
 

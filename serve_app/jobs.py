@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ray.serve.handle import DeploymentHandle
 
-from models.jobs import TERMINAL, JobRecord, JobStore, new_id, now, request_hash
+from models.jobs import PRIVATE_FIELDS, TERMINAL, JobRecord, JobStore, new_id, now, request_hash
 from models.limits import Limits
 from models.storage import ObjectStore
 from models.urlguard import afetch
@@ -93,6 +93,7 @@ class Jobs:
                 operation=operation,  # type: ignore[arg-type]
                 options=chosen,
                 owner=caller.name,
+                owner_key=caller.key_id,
                 input_sha256=digest,
                 webhook_url=webhook_url,
                 batch_id=batch,
@@ -146,7 +147,7 @@ class Jobs:
         return record
 
     async def view(self, record: JobRecord) -> dict[str, Any]:
-        body = record.model_dump(mode="json", exclude={"request_hash", "owner"})
+        body = record.model_dump(mode="json", exclude=set(PRIVATE_FIELDS))
         body["status_url"] = f"/v1/jobs/{record.id}"
         if record.status == "running":
             progress = await asyncio.to_thread(self.jobs.progress, record.id)

@@ -42,6 +42,7 @@ log = logging.getLogger("ray.serve")
 KEY_PREFIX = "sr_"
 DEFAULT_LIMITS = QuotaLimits()
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+FINGERPRINT_HEX = 16  # of the key's SHA-256: enough to tell keys apart, nothing to attack
 
 
 class KeyFileError(Exception):
@@ -69,15 +70,22 @@ class KeyRecord(BaseModel):
 
     @property
     def principal(self) -> Principal:
-        return Principal(self.name, self.limits)
+        return Principal(self.name, self.limits, self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names this key (not its name: a key created again under one name gets another)."""
+        return self.sha256[:FINGERPRINT_HEX]
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a key's name and limits, or ``ANONYMOUS`` (no limits) when auth is off."""
+    """Who is calling: a key's name, limits and fingerprint, or ``ANONYMOUS`` (no limits, no
+    key) when auth is off."""
 
     name: str
     limits: QuotaLimits | None
+    key_id: str | None = field(default=None, repr=False)
 
     @property
     def anonymous(self) -> bool:

@@ -31,14 +31,14 @@ def secret_for(service: WebhookSecret | None, caller: Principal) -> WebhookSecre
     """The caller's webhook secret; ``ApiError`` 404 when webhooks are off, 403 with keys off."""
     if service is None:
         raise ApiError(404, "not_found", "webhooks are not configured on this service")
-    if caller.anonymous:
+    if caller.key_id is None:
         raise ApiError(
             403,
             "forbidden",
             "this service runs without API keys: its webhooks are signed with the operator's "
             "SUPERRES_WEBHOOK_SECRET, which is not handed out",
         )
-    return WebhookSecretView(key=caller.name, secret=service.for_key(caller.name).reveal())
+    return WebhookSecretView(key=caller.name, secret=service.for_key(caller.key_id).reveal())
 
 
 @router.get("/secret", responses=error_responses(401, 403, 404))

@@ -449,7 +449,14 @@ def test_cli_prints_a_keys_webhook_secret_derived_from_the_services(tmp_path: Pa
     service = new_secret()
     shown = cli("webhook-secret", "alice", "--file", str(path), webhook_secret=service)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout == parse_secret(service).for_key("alice").reveal() + "\n"
+    (alice,) = read_keys(path)
+    assert shown.stdout == parse_secret(service).for_key(alice.fingerprint).reveal() + "\n"
+    # the key revoked and created again under the same name: its webhook secret changes too
+    assert cli("revoke", "alice", "--file", str(path)).returncode == 0
+    assert cli("create", "alice", "--file", str(path)).returncode == 0
+    anew = cli("webhook-secret", "alice", "--file", str(path), webhook_secret=service)
+    assert anew.returncode == 0 and anew.stdout.startswith("whsec_")
+    assert anew.stdout != shown.stdout
     unknown = cli("webhook-secret", "bob", "--file", str(path), webhook_secret=service)
     assert unknown.returncode == 1 and "no key named 'bob'" in unknown.stderr
     unset = cli("webhook-secret", "alice", "--file", str(path))

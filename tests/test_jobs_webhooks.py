@@ -13,6 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from deployments.quota import QuotaLimits
+from models.jobs import PRIVATE_FIELDS
 from serve_app.errors import ApiError
 from serve_app.keys import ANONYMOUS, Principal, create_key
 from serve_app.webhooks_api import secret_for
@@ -127,6 +128,8 @@ def test_a_job_from_an_image_url_delivers_a_webhook_signed_for_its_key(
     for headers, body in mine:
         verify(alices, headers, body)  # raises if the signature is wrong
         assert json.loads(body)["type"] == "job.succeeded"
+        assert not PRIVATE_FIELDS & set(json.loads(body)["data"])  # no owner, key fingerprint
+    assert not PRIVATE_FIELDS & set(done)
     for other in (bobs, SECRET, new_secret()):
         with pytest.raises(SignatureMismatchError):
             verify(other, mine[1][0], mine[1][1])
@@ -148,13 +151,17 @@ def test_without_webhooks_the_secret_route_is_a_404(serve_app) -> None:
 
 def test_the_secret_is_per_key_and_never_the_services_with_keys_off() -> None:
     service = parse_secret(SECRET)
-    view = secret_for(service, Principal("carol", QuotaLimits()))
-    assert view.secret == service.for_key("carol").reveal() != SECRET
+    carol = Principal("carol", QuotaLimits(), key_id="0f1e2d3c4b5a6978")
+    view = secret_for(service, carol)
+    assert view.key == "carol" and view.secret == service.for_key(carol.key_id).reveal() != SECRET
+    # carol's key revoked and created again under her name: a new key, so a new secret
+    again = Principal("carol", QuotaLimits(), key_id="8796a5b4c3d2e1f0")
+    assert secret_for(service, again).secret != view.secret
     with pytest.raises(ApiError) as refused:
         secret_for(service, ANONYMOUS)
     assert (refused.value.status, refused.value.code) == (403, "forbidden")
     with pytest.raises(ApiError) as off:
-        secret_for(None, Principal("carol", QuotaLimits()))
+        secret_for(None, carol)
     assert off.value.status == 404
 
 

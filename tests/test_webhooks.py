@@ -201,7 +201,7 @@ def test_each_api_key_gets_a_secret_of_its_own_derived_from_the_services() -> No
         with pytest.raises(SignatureMismatchError):
             verify(other, signed, b"{}")
     assert "alice" not in repr(alice) and alice.reveal() not in repr(alice)
-    with pytest.raises(ValueError, match="name"):
+    with pytest.raises(ValueError, match="fingerprint"):
         service.for_key("")
 
 

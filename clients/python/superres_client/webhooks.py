@@ -101,14 +101,14 @@ class WebhookSecret:
     def digest(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
 
-    def for_key(self, name: str) -> WebhookSecret:
-        """The secret of the webhooks of jobs made with the API key ``name``: an HMAC of the name
-        under this (the service's) secret. Each key's receivers get a secret of their own, so they
-        cannot sign for another key's; the service still keeps one. Same name, same secret:
-        rotating this secret rotates every key's."""
-        if not name:
-            raise ValueError("an API key's name is needed")
-        return WebhookSecret(self.digest(_PER_KEY + name.encode()))
+    def for_key(self, key_id: str) -> WebhookSecret:
+        """The secret of the webhooks of jobs made with one API key (``key_id``: its fingerprint,
+        new with every key): an HMAC of it under this (the service's) secret. Each key's receivers
+        get a secret of their own, so they cannot sign for another key's; a key created anew gets
+        a new one; rotating the service's secret rotates every key's. Nothing is stored per key."""
+        if not key_id:
+            raise ValueError("an API key's fingerprint is needed")
+        return WebhookSecret(self.digest(_PER_KEY + key_id.encode()))
 
     def __repr__(self) -> str:
         return f"WebhookSecret({PREFIX}…, {len(self._key)} bytes)"
