@@ -79,7 +79,7 @@ class JobRunner:
         self._upscaler, self._faces = upscaler, faces
         self._registry = build_registry(custom_models)
         self._limits = limits
-        self._secret = settings.webhook_signer()
+        self._secrets = settings.webhook_signers()
         self._post = partial(apost_json, policy=settings.url_policy(limits.max_upload_bytes))
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -158,24 +158,27 @@ class JobRunner:
             record.status, record.finished_at = "cancelled", now()
             await asyncio.shield(asyncio.to_thread(self._jobs.save, record))
             raise
-        if record.webhook_url and self._secret is not None and record.status != "cancelled":
-            secret = self._secret
+        if record.webhook_url and self._secrets and record.status != "cancelled":
+            secrets = list(self._secrets)
             if record.owner_key is not None:  # each API key's receivers have their own
-                secret = secret.for_key(record.owner_key)
-            record.deliveries.append(await self._notify(record, record.webhook_url, secret))
+                secrets = [s.for_key(record.owner_key) for s in secrets]
+            record.deliveries.append(await self._notify(record, record.webhook_url, secrets))
         await asyncio.to_thread(self._jobs.save, record)
         self._finished[record.status] += 1
         self._jobs_total.inc(tags={"operation": record.operation, "status": record.status})
 
-    async def _notify(self, record: JobRecord, url: str, secret: WebhookSecret) -> dict[str, Any]:
-        """The job's event, signed (Standard Webhooks) and retried; how it went, for the record."""
+    async def _notify(
+        self, record: JobRecord, url: str, secrets: list[WebhookSecret]
+    ) -> dict[str, Any]:
+        """The job's event, signed (Standard Webhooks; once per secret during a rotation) and
+        retried; how it went, for the record."""
         event: EventType = "job.succeeded" if record.status == "succeeded" else "job.failed"
         data = record.model_dump(mode="json", exclude={*PRIVATE_FIELDS, "deliveries"})
         delivery = await deliver(
             url,
             event,
             data,
-            secret,
+            secrets,
             self._post,
             msg_id=event_msg_id(record.id, event),
             give_up_on=(UrlRefusedError,),

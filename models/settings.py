@@ -44,7 +44,8 @@ class Settings(BaseSettings):
 
     # Jobs: image_url / webhook_url may reach only public addresses, plus these hosts or CIDRs
     url_allowlist: str = ""
-    # Signs job webhooks (Standard Webhooks, "whsec_..."); unset: webhook_url is refused
+    # Signs job webhooks (Standard Webhooks, "whsec_..."); unset: webhook_url is refused. During a
+    # rotation, several separated by spaces, the new one first: each signs, receivers verify either.
     webhook_secret: SecretStr | None = None
 
     # Days before the object store expires what jobs leave (bucket lifecycle rules, set by the
@@ -72,14 +73,18 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().split():
+            raise ValueError("webhook_secret is empty: leave it unset to turn webhooks off")
         if value is not None:
-            parse_secret(value.get_secret_value())  # a clear error at start, never the secret
+            for part in value.get_secret_value().split():
+                parse_secret(part)  # a clear error at start, never the secret
         return value
 
-    def webhook_signer(self) -> WebhookSecret | None:
-        """The service's webhook secret, parsed; None when webhooks are off."""
+    def webhook_signers(self) -> tuple[WebhookSecret, ...]:
+        """The service's webhook secrets, parsed, the current one first; () when webhooks are
+        off."""
         secret = self.webhook_secret
-        return None if secret is None else parse_secret(secret.get_secret_value())
+        return () if secret is None else tuple(map(parse_secret, secret.get_secret_value().split()))
 
     @model_validator(mode="after")
     def _keys_come_in_pairs(self) -> Settings:

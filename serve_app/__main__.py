@@ -88,10 +88,10 @@ def webhook_secret(args: argparse.Namespace) -> int:
     found = [r for r in read_keys(path) if r.name == args.name]
     if not found:
         raise UsageError(f"no key named {args.name!r} in {path}")
-    service = Settings().webhook_signer()
-    if service is None:
+    services = Settings().webhook_signers()
+    if not services:
         raise UsageError("set SUPERRES_WEBHOOK_SECRET (the service's) to derive a key's")
-    print(service.for_key(found[0].fingerprint).reveal(), flush=True)
+    print(services[0].for_key(found[0].fingerprint).reveal(), flush=True)
     return 0
 
 

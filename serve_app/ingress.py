@@ -93,8 +93,8 @@ class Ingress:
         self._limits = limits
         self._store = ResultStore(settings.storage())
         policy = settings.url_policy(limits.max_upload_bytes)
-        self.webhook_secret = settings.webhook_signer()  # read by /v1/webhooks/secret
-        hooks = self.webhook_secret is not None
+        self.webhook_secrets = settings.webhook_signers()  # read by /v1/webhooks/secret
+        hooks = bool(self.webhook_secrets)
         self.jobs = (
             None
             if runner is None

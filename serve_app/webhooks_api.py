@@ -8,6 +8,7 @@ signed with the service's own secret, which is never handed out over HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -25,11 +26,17 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 class WebhookSecretView(BaseModel):
     key: str = Field(description="The API key (its name) whose jobs' webhooks this secret signs.")
     secret: str = Field(description="whsec_…: verify those webhooks with it (Standard Webhooks).")
+    previous: list[str] = Field(
+        default_factory=list,
+        description="During a rotation of the service's secret, the secrets that also still sign "
+        "(each webhook carries one signature per secret): verify with `secret` from now on.",
+    )
 
 
-def secret_for(service: WebhookSecret | None, caller: Principal) -> WebhookSecretView:
-    """The caller's webhook secret; ``ApiError`` 404 when webhooks are off, 403 with keys off."""
-    if service is None:
+def secret_for(services: Sequence[WebhookSecret], caller: Principal) -> WebhookSecretView:
+    """The caller's webhook secrets (``services``: the service's, the current one first);
+    ``ApiError`` 404 when webhooks are off, 403 with keys off."""
+    if not services:
         raise ApiError(404, "not_found", "webhooks are not configured on this service")
     if caller.key_id is None:
         raise ApiError(
@@ -38,13 +45,14 @@ def secret_for(service: WebhookSecret | None, caller: Principal) -> WebhookSecre
             "this service runs without API keys: its webhooks are signed with the operator's "
             "SUPERRES_WEBHOOK_SECRET, which is not handed out",
         )
-    return WebhookSecretView(key=caller.name, secret=service.for_key(caller.key_id).reveal())
+    current, *previous = (s.for_key(caller.key_id).reveal() for s in services)
+    return WebhookSecretView(key=caller.name, secret=current, previous=previous)
 
 
 @router.get("/secret", responses=error_responses(401, 403, 404))
 async def webhook_secret(
     caller: Annotated[Principal, Depends(require_key)], response: Response
 ) -> WebhookSecretView:
-    view = secret_for(replica().webhook_secret, caller)
+    view = secret_for(replica().webhook_secrets, caller)
     response.headers["cache-control"] = "no-store"
     return view

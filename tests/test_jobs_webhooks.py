@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from deployments.quota import QuotaLimits
 from models.jobs import PRIVATE_FIELDS
+from models.settings import Settings
 from serve_app.errors import ApiError
 from serve_app.keys import ANONYMOUS, Principal, create_key
 from serve_app.webhooks_api import secret_for
@@ -27,6 +28,7 @@ from tests.test_jobs_api import wait_for
 pytestmark = pytest.mark.serve
 
 SECRET = new_secret()
+OLD_SECRET = new_secret()  # the hooks app is mid-rotation: SECRET is the new one, both sign
 
 
 @dataclass
@@ -85,7 +87,7 @@ def hooks_app(serve_app, tiny_weights, tmp_path_factory) -> Iterator[HooksApp]:
     settings = serve_app.settings.model_copy(
         update={
             "url_allowlist": "127.0.0.1/32",
-            "webhook_secret": SecretStr(SECRET),
+            "webhook_secret": SecretStr(f"{SECRET} {OLD_SECRET}"),
             "api_keys_file": path,
             "s3_bucket": "superres-hooks",  # one JobRunner per bucket
         }
@@ -125,12 +127,17 @@ def test_a_job_from_an_image_url_delivers_a_webhook_signed_for_its_key(
     with Client(hooks_app.url, api_key=hooks_app.keys["bob"]) as sr:
         bobs = sr.webhook_secret()
     assert alices.startswith("whsec_") and alices != bobs
+    with hooks_app.client("alice") as client:
+        previous = client.get("/v1/webhooks/secret").json()["previous"]
+    assert len(previous) == 1  # alice's secret under the old service secret, still signing
     for headers, body in mine:
-        verify(alices, headers, body)  # raises if the signature is wrong
+        assert len(headers["webhook-signature"].split()) == 2  # one per service secret
+        for secret in (alices, *previous):
+            verify(secret, headers, body)  # raises if the signature is wrong
         assert json.loads(body)["type"] == "job.succeeded"
         assert not PRIVATE_FIELDS & set(json.loads(body)["data"])  # no owner, key fingerprint
     assert not PRIVATE_FIELDS & set(done)
-    for other in (bobs, SECRET, new_secret()):
+    for other in (bobs, SECRET, OLD_SECRET, new_secret()):
         with pytest.raises(SignatureMismatchError):
             verify(other, mine[1][0], mine[1][1])
 
@@ -150,19 +157,34 @@ def test_without_webhooks_the_secret_route_is_a_404(serve_app) -> None:
 
 
 def test_the_secret_is_per_key_and_never_the_services_with_keys_off() -> None:
-    service = parse_secret(SECRET)
+    service, old = parse_secret(SECRET), parse_secret(OLD_SECRET)
     carol = Principal("carol", QuotaLimits(), key_id="0f1e2d3c4b5a6978")
-    view = secret_for(service, carol)
+    view = secret_for([service], carol)
     assert view.key == "carol" and view.secret == service.for_key(carol.key_id).reveal() != SECRET
+    assert view.previous == []
     # carol's key revoked and created again under her name: a new key, so a new secret
     again = Principal("carol", QuotaLimits(), key_id="8796a5b4c3d2e1f0")
-    assert secret_for(service, again).secret != view.secret
+    assert secret_for([service], again).secret != view.secret
+    # mid-rotation of the service's secret: the new one's derivation first, the old one's after
+    rotating = secret_for([service, old], carol)
+    assert rotating.secret == view.secret
+    assert rotating.previous == [old.for_key(carol.key_id).reveal()]
     with pytest.raises(ApiError) as refused:
-        secret_for(service, ANONYMOUS)
+        secret_for([service], ANONYMOUS)
     assert (refused.value.status, refused.value.code) == (403, "forbidden")
     with pytest.raises(ApiError) as off:
-        secret_for(None, carol)
+        secret_for([], carol)
     assert off.value.status == 404
+
+
+def test_settings_take_several_webhook_secrets_for_a_rotation() -> None:
+    settings = Settings(webhook_secret=SecretStr(f" {SECRET}  {OLD_SECRET} "))
+    assert [s.reveal() for s in settings.webhook_signers()] == [SECRET, OLD_SECRET]
+    assert Settings().webhook_signers() == ()
+    for bad in ("   ", f"{SECRET} whsec_!!"):
+        with pytest.raises(ValidationError) as refused:
+            Settings(webhook_secret=SecretStr(bad))
+        assert SECRET not in str(refused.value)  # the reason, never the secret
 
 
 @pytest.mark.parametrize(
