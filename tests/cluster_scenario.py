@@ -140,7 +140,8 @@ def main(workdir: Path) -> dict[str, Any]:
         http = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": http})
         serve.run(build(args, settings, options), name="cluster", route_prefix="/")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=60)
+        # under Ray's 60 s: a dead head shows up here as an error, before Ray aborts the driver
+        client = httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=20)
         image = encode(noise(1200, 1200, seed=51))  # 5625 tiles: seconds, long enough to kill
 
         # 1. the node running the Upscaler dies mid-job; a new node joins; the job finishes once
@@ -154,6 +155,8 @@ def main(workdir: Path) -> dict[str, Any]:
             "progress",
         )
         kill(worker)
+        if head.poll() is not None:
+            raise RuntimeError(f"the head exited ({head.returncode}) when the worker was killed")
         findings["progress_at_kill"] = seen
         findings["status_after_kill"] = job(client, job_id)["status"]
         worker = start_node(*worker_args, env=env)
@@ -183,6 +186,9 @@ def main(workdir: Path) -> dict[str, Any]:
         findings["restart"] = [f["status"] for f in finished]
         serve.shutdown()
         ray.shutdown()
+    except BaseException:
+        print(log_tails(Path(ray_tmp)), file=sys.stderr)  # what Ray said, before it is removed
+        raise
     finally:
         if worker is not None:
             kill(worker)
@@ -190,6 +196,16 @@ def main(workdir: Path) -> dict[str, Any]:
         s3.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     return findings
+
+
+def log_tails(ray_tmp: Path, lines: int = 25) -> str:
+    """The ends of the GCS's and the raylets' logs of every node (a failure's first clues)."""
+    found = []
+    for name in ("gcs_server.out", "gcs_server.err", "raylet.out", "raylet.err"):
+        for path in sorted(ray_tmp.glob(f"*/session_2*/logs/{name}")):  # not session_latest
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            found.append(f"--- {path.relative_to(ray_tmp)}\n" + "\n".join(tail))
+    return "\n".join(found) or f"no Ray logs under {ray_tmp}"
 
 
 def _connect(ray: Any, port: int) -> bool:

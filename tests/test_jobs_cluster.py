@@ -23,7 +23,7 @@ def test_jobs_survive_node_loss_and_an_application_restart(tmp_path: Path) -> No
         timeout=900,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-20000:]
     findings = json.loads(done.stdout.strip().splitlines()[-1])
     assert findings["status_after_kill"] in ("running", "queued")
     seen = findings["progress_at_kill"]  # the premise: the node died with the job half done
