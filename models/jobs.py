@@ -31,7 +31,6 @@ from models.storage import ObjectStore
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Operation = Literal["upscale", "face-enhance"]
-ANONYMOUS_OWNER = "anonymous"  # the owner of jobs made with API keys off
 # Record fields that stay inside the service: never in an API answer or a webhook.
 PRIVATE_FIELDS = frozenset({"request_hash", "owner", "owner_key"})
 

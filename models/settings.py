@@ -73,18 +73,14 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().split():
+        if value is not None and not _webhook_secrets(value):  # a clear error at start
             raise ValueError("webhook_secret is empty: leave it unset to turn webhooks off")
-        if value is not None:
-            for part in value.get_secret_value().split():
-                parse_secret(part)  # a clear error at start, never the secret
         return value
 
     def webhook_signers(self) -> tuple[WebhookSecret, ...]:
         """The service's webhook secrets, parsed, the current one first; () when webhooks are
         off."""
-        secret = self.webhook_secret
-        return () if secret is None else tuple(map(parse_secret, secret.get_secret_value().split()))
+        return () if self.webhook_secret is None else _webhook_secrets(self.webhook_secret)
 
     @model_validator(mode="after")
     def _keys_come_in_pairs(self) -> Settings:
@@ -119,3 +115,8 @@ class Settings(BaseSettings):
             timeout_s=self.download_timeout_s,
             allow_download=self.allow_download,
         )
+
+
+def _webhook_secrets(value: SecretStr) -> tuple[WebhookSecret, ...]:
+    """``"whsec_new whsec_old"`` parsed; a malformed one raises with the reason, never itself."""
+    return tuple(map(parse_secret, value.get_secret_value().split()))

@@ -35,12 +35,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deployments.quota import QuotaLimits
-from models.jobs import ANONYMOUS_OWNER
 
 log = logging.getLogger("ray.serve")
 
 KEY_PREFIX = "sr_"
 DEFAULT_LIMITS = QuotaLimits()
+ANONYMOUS_NAME = "anonymous"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 FINGERPRINT_HEX = 16  # of the key's SHA-256: enough to tell keys apart, nothing to attack
 
@@ -92,7 +92,7 @@ class Principal:
         return self.limits is None
 
 
-ANONYMOUS = Principal(ANONYMOUS_OWNER, None)
+ANONYMOUS = Principal(ANONYMOUS_NAME, None)
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,8 @@ def create_key(path: Path | str, name: str, limits: QuotaLimits | None = None) -
     """Adds a key named ``name`` to the file (created if absent) and returns it, the one time it
     exists in plain text. ``KeyNameError`` if the name is taken or reserved."""
     path = Path(path)
-    if name == ANONYMOUS_OWNER:
-        raise KeyNameError(f"{ANONYMOUS_OWNER!r} is reserved for unauthenticated calls")
+    if name == ANONYMOUS_NAME:
+        raise KeyNameError(f"{ANONYMOUS_NAME!r} is reserved for unauthenticated calls")
     key = new_key()
     try:
         record = KeyRecord(
