@@ -3,7 +3,7 @@
 Sources are tried in order: the user's path (used in place), the cache, mirrors, the spec's URLs,
 then the offline ncnn conversion. A file enters the cache only by ``os.replace`` of a verified
 temporary file, under a per-file ``flock``: replicas on one node download it once, never see half a
-file.
+file. HTTP transfers (resume, retries, size limits) are ``models.download``'s job.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import logging
 import os
 import re
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import InvalidOptionError, WeightsUnavailableError, WeightsVerificationError
+from models.download import Downloader, DownloadFailed
+from models.errors import WeightsUnavailableError, WeightsVerificationError
 from models.registry import NcnnSource, WeightsSource
 
 logger = logging.getLogger(__name__)
@@ -32,9 +30,6 @@ Converter = Callable[[NcnnSource, Path], None]
 
 _CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-_USER_AGENT = "superres-weights/0.1"
-_MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,14 +37,6 @@ class FetchedWeights:
     path: Path
     origin: str  # "path" | "cache" | "mirror" | "url" | "offline"
     detail: str  # URL, path or package:stem
-
-
-class _Retryable(Exception):
-    """A transient failure: the same URL may work on the next attempt."""
-
-
-class _SourceFailed(Exception):
-    """This URL cannot serve the file (HTTP 404, bad scheme, retries exhausted)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -80,18 +67,10 @@ class WeightsStore:
         converter: Converter | None = None,
         backoff_s: float = 1.0,
     ) -> None:
-        if timeout_s <= 0:
-            raise InvalidOptionError(f"timeout_s must be greater than 0, got {timeout_s}")
-        if retries < 0:
-            raise InvalidOptionError(f"retries must be 0 or more, got {retries}")
-        if backoff_s < 0:
-            raise InvalidOptionError(f"backoff_s must be 0 or more, got {backoff_s}")
+        self._downloader = Downloader(timeout_s, retries, backoff_s, logger)
         self.cache_dir = Path(cache_dir)
         self.mirrors = tuple(m.rstrip("/") for m in mirrors)
-        self.timeout_s = timeout_s
-        self.retries = retries
         self.allow_download = allow_download
-        self.backoff_s = backoff_s
         self._converter: Converter = converter or _convert_ncnn
 
     # --- public -----------------------------------------------------------------------------
@@ -179,14 +158,16 @@ class WeightsStore:
             if not self.allow_download:
                 tried.append(f"{origin} {url}: downloads are disabled")
                 continue
+            part = _part(final)
             try:
-                self._download(url, final, pin, source.size)
-            except _SourceFailed as e:
+                self._downloader.download(url, part, sha256=pin, size=source.size)
+            except DownloadFailed as e:
                 tried.append(f"{origin} {url}: {e}")
             except WeightsVerificationError as e:
                 mismatch = True
                 tried.append(f"{origin} {url}: {e}")
             else:
+                _commit(part, final)
                 return FetchedWeights(final, origin, url)
         if source.ncnn is not None:
             hit, reason, bad = self._convert(source, source.ncnn)
@@ -216,7 +197,7 @@ class WeightsStore:
                 False,
             )
         dest = self._offline_path(source)
-        tmp = dest.with_name(dest.name + ".part")
+        tmp = _part(dest)
         tmp.unlink(missing_ok=True)
         try:
             self._converter(ncnn, tmp)
@@ -230,100 +211,6 @@ class WeightsStore:
         tmp.chmod(0o644)  # converters may write 0600 temp files; replicas may run as other users
         _commit(tmp, dest)
         return FetchedWeights(dest, "offline", label), "", False
-
-    # --- download ---------------------------------------------------------------------------
-
-    def _download(self, url: str, final: Path, pin: str, size: int | None) -> None:
-        """Download ``url`` into ``final`` through ``<final>.part``, resuming and verifying."""
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise _SourceFailed("unsupported URL scheme (http and https only)")
-        part = final.with_name(final.name + ".part")
-        attempts = 1 + self.retries
-        restarted = False
-        last = ""
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), _MAX_BACKOFF_S))
-            try:
-                digest, nbytes, resumed = self._transfer(url, part, size)
-            except _Retryable as e:
-                last = str(e)
-                logger.warning("weights %s: attempt %d/%d: %s", url, attempt + 1, attempts, e)
-                continue
-            except WeightsVerificationError:
-                part.unlink(missing_ok=True)
-                raise
-            reason = _compare(digest, nbytes, pin, size)
-            if reason is None:
-                _commit(part, final)
-                return
-            part.unlink(missing_ok=True)
-            if resumed and not restarted:
-                # The bytes kept from an earlier transfer may be the culprit: one clean download.
-                restarted = True
-                last = f"resumed download {reason}"
-                logger.warning("weights %s: %s; restarting from byte 0", url, last)
-                continue
-            raise WeightsVerificationError(f"downloaded file {reason}")
-        raise _SourceFailed(f"{last} (after {attempts} attempts)")
-
-    def _transfer(self, url: str, part: Path, size: int | None) -> tuple[str, int, bool]:
-        """One HTTP request appending to ``part``: (sha256 of the whole part, its size, resumed)."""
-        offset = part.stat().st_size if part.is_file() else 0
-        if size is not None and offset > size:
-            part.unlink()
-            offset = 0
-        digest = hashlib.sha256()
-        if offset:
-            with part.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            if offset == size:  # a finished transfer whose commit was interrupted
-                return digest.hexdigest(), offset, True
-        headers = {"User-Agent": _USER_AGENT}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        request = urllib.request.Request(url, headers=headers)
-        try:
-            response = urllib.request.urlopen(request, timeout=self.timeout_s)
-        except urllib.error.HTTPError as e:
-            e.close()
-            if e.code == 416 and offset:
-                part.unlink(missing_ok=True)
-                raise _Retryable("HTTP 416 for the resumed range; restarting") from None
-            if e.code in _RETRY_STATUSES:
-                raise _Retryable(f"HTTP {e.code} {e.reason}") from None
-            raise _SourceFailed(f"HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise _Retryable(_describe(e)) from None
-        with response:
-            total, offset = _expected_total(response, offset, part)
-            if offset == 0:
-                digest = hashlib.sha256()
-            if size is not None and total is not None and total != size:
-                raise WeightsVerificationError(f"server reports {total} bytes, expected {size}")
-            received = 0
-            with part.open("ab" if offset else "wb") as f:
-                while True:
-                    try:
-                        chunk = response.read(_CHUNK)
-                    except (http.client.HTTPException, OSError) as e:
-                        raise _Retryable(
-                            f"connection lost after {offset + received} bytes: {_describe(e)}"
-                        ) from None
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if size is not None and offset + received > size:
-                        raise WeightsVerificationError(f"server sent more than {size} bytes")
-                f.flush()
-                os.fsync(f.fileno())
-        if total is not None and offset + received < total:
-            # http.client returns a short body silently when the server closes early.
-            raise _Retryable(f"connection closed after {offset + received} of {total} bytes")
-        return digest.hexdigest(), offset + received, offset > 0
 
     # --- locking ----------------------------------------------------------------------------
 
@@ -365,50 +252,17 @@ def _pin(sha256: str | None) -> str | None:
     return pin if _HEX64.fullmatch(pin) else None
 
 
-def _compare(digest: str, nbytes: int, pin: str, size: int | None) -> str | None:
-    if size is not None and nbytes != size:
-        return f"has {nbytes} bytes, expected {size}"
-    if digest != pin:
-        return f"has sha256 {digest}, expected {pin}"
-    return None
-
-
 def _mismatch(path: Path, pin: str, size: int | None) -> str | None:
     nbytes = path.stat().st_size
     if size is not None and nbytes != size:  # cheap check first: no hashing of a wrong-size file
         return f"{path} has {nbytes} bytes, expected {size}"
-    reason = _compare(sha256_file(path), nbytes, pin, size)
-    return None if reason is None else f"{path} {reason}"
+    digest = sha256_file(path)
+    return None if digest == pin else f"{path} has sha256 {digest}, expected {pin}"
 
 
-def _expected_total(
-    response: http.client.HTTPResponse, offset: int, part: Path
-) -> tuple[int | None, int]:
-    """(total file size if the server says, offset the body starts at) for a 200/206 response."""
-    length = response.headers.get("Content-Length")
-    body = int(length) if length and length.isdigit() else None
-    if response.status == 200:
-        if offset:
-            logger.info("server ignored the Range request; downloading %s from byte 0", part.stem)
-        return body, 0
-    if response.status == 206 and offset:
-        match = re.fullmatch(
-            r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", "")
-        )
-        if match is None or int(match.group(1)) != offset:
-            part.unlink(missing_ok=True)
-            raise _Retryable(f"bad Content-Range {response.headers.get('Content-Range')!r}")
-        if match.group(3) != "*":
-            return int(match.group(3)), offset
-        return (offset + body if body is not None else None), offset
-    raise _SourceFailed(f"unexpected HTTP {response.status}")
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
-        reason = error.reason
-        return str(reason) if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
-    return f"{type(error).__name__}: {error}"
+def _part(final: Path) -> Path:
+    """Where ``final`` is written before its atomic commit (``_check_filename`` refuses the name)."""
+    return final.with_name(final.name + ".part")
 
 
 def _commit(tmp: Path, final: Path) -> None:

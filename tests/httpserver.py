@@ -35,6 +35,7 @@ class _Fault:
     status: int | None
     truncate_after: int | None
     times: int
+    headers: Mapping[str, str]
 
 
 class FileServer:
@@ -91,16 +92,18 @@ class FileServer:
         status: int | None = None,
         truncate_after: int | None = None,
         times: int = 1,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Make the next ``times`` requests of ``name`` answer ``status`` or a truncated body.
 
         Faults queue up in call order. ``truncate_after=N`` sends the full headers, N body bytes,
-        then closes the connection.
+        then closes the connection. ``headers`` go with a ``status`` answer (``Retry-After``...).
         """
         if (status is None) == (truncate_after is None):
             raise ValueError("give exactly one of status or truncate_after")
         with self._lock:
-            self._faults.setdefault(name, []).append(_Fault(status, truncate_after, times))
+            fault = _Fault(status, truncate_after, times, dict(headers or {}))
+            self._faults.setdefault(name, []).append(fault)
 
     def hold(self) -> None:
         """Hold every response (after recording its request) until ``release``."""
@@ -159,7 +162,7 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             fault = server._next_fault(name)
             data = server.files.get(name)
             if fault is not None and fault.status is not None:
-                self._simple(index, fault.status)
+                self._simple(index, fault.status, fault.headers)
                 return
             if data is None:
                 self._simple(index, 404)

@@ -150,6 +150,16 @@ def test_server_errors_are_retried(server: FileServer, cache: Path) -> None:
     assert [r.status for r in server.requests(NAME)] == [503, 503, 200]
 
 
+def test_retry_after_is_honoured_within_the_cap(server: FileServer, cache: Path) -> None:
+    server.fail(NAME, status=429, headers={"Retry-After": "1"})  # backoff_s is 0 here
+    server.fail(NAME, status=503, headers={"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"})
+    started = time.monotonic()
+    hit = store_for(cache, retries=2).fetch(source_for(server.url(NAME)))
+    assert hit.path.read_bytes() == DATA
+    assert [r.status for r in server.requests(NAME)] == [429, 503, 200]
+    assert 1.0 <= time.monotonic() - started < 10  # a date is no hint (read, it would wait 30 s)
+
+
 def test_not_found_is_not_retried(server: FileServer, cache: Path) -> None:
     url = server.url("missing.pth")
     with pytest.raises(WeightsUnavailableError, match=f"url {url}: HTTP 404"):
