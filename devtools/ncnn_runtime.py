@@ -16,7 +16,7 @@ from models.errors import (
     UnsupportedModelError,
     WeightsUnavailableError,
 )
-from models.ncnn_import import parse_param
+from models.ncnn_format import parse_param
 
 
 class NcnnUpscaler:
