@@ -130,7 +130,7 @@ def test_a_client_that_disconnects_leaves_no_work_running(slow_app: str) -> None
         stats = httpx.get(f"{slow_app}/v1/stats", timeout=30).json()["upscaler"]
         return int(stats["forward_passes"])
 
-    image = encode(noise(900, 900, seed=9))  # thousands of 16-px tiles, one per forward pass
+    image = encode(noise(1100, 1100, seed=9))  # thousands of 16-px tiles, one per forward pass
     before = passes()
     done, seconds = timed("POST", f"{slow_app}/v1/upscale", content=image)
     assert done.status_code == 200, done.text
