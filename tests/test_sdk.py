@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from superres_client import (
     Overloaded,
     Result,
     Retry,
+    SuperresError,
 )
 from tests.test_api import encode, noise
 
@@ -173,6 +175,74 @@ def test_retries_are_bounded(stub) -> None:
         "overloaded",
         0,
     )
+
+
+@pytest.fixture
+def dropping() -> Iterator[tuple[str, list[str]]]:
+    """A server on 127.0.0.1 that reads each request and hangs up without an answer, except a
+    repeated ``GET /v1/models``, answered ``[]``. Yields its URL and the requests ("GET /path")."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_one_request(self) -> None:
+            super().handle_one_request()
+            self.close_connection = True
+
+        def answer(self) -> None:
+            seen.append(f"{self.command} {self.path}")
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            if seen.count("GET /v1/models") > 1 and self.path == "/v1/models":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_lost_connection_repeats_a_get_never_a_post(dropping) -> None:
+    url, seen = dropping
+    retry = Retry(backoff_s=0.01)
+    with Client(url, retry=retry) as sr:
+        assert sr.models() == []  # the first GET's connection was dropped
+        with pytest.raises(SuperresError) as caught:
+            sr.submit(encode(noise(8, 8)))
+    assert caught.value.code == "connection_error"
+    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/jobs"]  # the POST may have arrived: once
+
+    async def in_asyncio() -> None:
+        async with AsyncClient(url, retry=retry) as sr:
+            assert await sr.models() == []
+            with pytest.raises(SuperresError):
+                await sr.submit(encode(noise(8, 8)))
+
+    seen.clear()
+    asyncio.run(in_asyncio())
+    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/jobs"]
+
+
+def test_a_refused_connection_is_retried_then_reported() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    calls: list[float] = []
+    retry = Retry(attempts=3, backoff_s=0.2)
+    with Client(url, retry=retry) as sr, pytest.raises(SuperresError) as caught:
+        calls.append(time.monotonic())
+        sr.submit(encode(noise(8, 8)))
+    assert caught.value.code == "connection_error"
+    assert time.monotonic() - calls[0] >= 0.2 + 0.4  # two waits: the POST was never sent, so again
 
 
 def test_a_failed_job_raises_job_failed_carrying_it(serve_app) -> None:

@@ -26,6 +26,8 @@ Operation = Literal["upscale", "face-enhance"]
 ImageInput = str | Path | bytes  # a file path, an http(s) URL, or the image itself
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRIED = (429, 503)
+# sent again after a connection lost before the answer (a node and its proxy going away)
+SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "OPTIONS"})
 _OPTIONS: dict[str, type[BaseModel]] = {
     "upscale": UpscaleOptions,
     "face-enhance": FaceEnhanceOptions,
@@ -104,7 +106,8 @@ def job_request(
 
 @dataclass(frozen=True)
 class Retry:
-    """Bounded retries of 429/503, waiting ``Retry-After`` (capped) or an exponential backoff."""
+    """Bounded retries of 429/503, waiting ``Retry-After`` (capped) or an exponential backoff, and
+    of requests that got no answer where sending them again is safe (see ``delay_after``)."""
 
     attempts: int = 4
     max_delay_s: float = 30.0
@@ -119,6 +122,19 @@ class Retry:
         hint = retry_after(response)
         wait = hint if hint is not None else self.backoff_s * 2**attempt
         return min(wait, self.max_delay_s)
+
+    def delay_after(self, attempt: int, method: str, error: httpx.HTTPError) -> float | None:
+        """Seconds to wait before sending again a request that got no answer, or None to give up:
+        any request whose connection was refused (nothing was sent), and a GET, HEAD or OPTIONS
+        whose connection was lost before the answer; never one that timed out (the caller's
+        limit) or a POST that may have arrived."""
+        if attempt + 1 >= self.attempts:
+            return None
+        refused = isinstance(error, httpx.ConnectError)
+        lost = isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
+        if not (refused or (lost and method.upper() in SAFE_TO_REPEAT)):
+            return None
+        return min(self.backoff_s * 2**attempt, self.max_delay_s)
 
 
 def transport_error(exc: httpx.HTTPError) -> SuperresError:

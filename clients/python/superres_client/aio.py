@@ -106,7 +106,12 @@ class AsyncClient:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                raise c.transport_error(exc) from exc
+                delay = self.retry.delay_after(attempt, method, exc)
+                if delay is None:
+                    raise c.transport_error(exc) from exc
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
             if not response.is_error:
                 return response
             delay = self.retry.delay(attempt, response)

@@ -101,8 +101,8 @@ def _finished(view: JobView, reporter: _Reporter) -> Result:
 
 class Client:
     """A client of one superres service. ``base_url`` defaults to ``SUPERRES_URL``, ``api_key``
-    to ``SUPERRES_API_KEY``; 429 and 503 are retried (``retries`` attempts in all) after their
-    ``Retry-After``."""
+    to ``SUPERRES_API_KEY``; 429 and 503 are retried (``retry.attempts`` in all) after their
+    ``Retry-After``, and so are a refused connection and a GET whose connection was lost."""
 
     def __init__(
         self,
@@ -137,7 +137,12 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                raise c.transport_error(exc) from exc
+                delay = self.retry.delay_after(attempt, method, exc)
+                if delay is None:
+                    raise c.transport_error(exc) from exc
+                time.sleep(delay)
+                attempt += 1
+                continue
             if not response.is_error:
                 return response
             delay = self.retry.delay(attempt, response)
