@@ -178,10 +178,12 @@ def test_retries_are_bounded(stub) -> None:
 
 
 @pytest.fixture
-def dropping() -> Iterator[tuple[str, list[str]]]:
+def dropping() -> Iterator[tuple[str, list[str], list[str]]]:
     """A server on 127.0.0.1 that reads each request and hangs up without an answer, except a
-    repeated ``GET /v1/models``, answered ``[]``. Yields its URL and the requests ("GET /path")."""
+    repeated ``GET /v1/models``, answered ``[]``. Yields its URL, the requests ("GET /path") and
+    the Idempotency-Key of each ("" without)."""
     seen: list[str] = []
+    keys: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def handle_one_request(self) -> None:
@@ -189,7 +191,8 @@ def dropping() -> Iterator[tuple[str, list[str]]]:
             self.close_connection = True
 
         def answer(self) -> None:
-            seen.append(f"{self.command} {self.path}")
+            seen.append(f"{self.command} {self.path.partition('?')[0]}")
+            keys.append(self.headers.get("idempotency-key", ""))
             self.rfile.read(int(self.headers.get("content-length") or 0))
             if seen.count("GET /v1/models") > 1 and self.path == "/v1/models":
                 self.send_response(200)
@@ -206,30 +209,48 @@ def dropping() -> Iterator[tuple[str, list[str]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen, keys
     server.shutdown()
     server.server_close()
 
 
-def test_a_lost_connection_repeats_a_get_never_a_post(dropping) -> None:
-    url, seen = dropping
-    retry = Retry(backoff_s=0.01)
+def test_a_lost_connection_repeats_only_what_is_safe_to_repeat(dropping) -> None:
+    url, seen, keys = dropping
+    retry = Retry(attempts=3, backoff_s=0.01)
     with Client(url, retry=retry) as sr:
         assert sr.models() == []  # the first GET's connection was dropped
         with pytest.raises(SuperresError) as caught:
-            sr.submit(encode(noise(8, 8)))
-    assert caught.value.code == "connection_error"
-    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/jobs"]  # the POST may have arrived: once
+            sr.upscale(encode(noise(8, 8)))  # a plain POST may have arrived: sent once
+        assert caught.value.code == "connection_error"
+        with pytest.raises(SuperresError):
+            sr.submit(encode(noise(8, 8)))  # with its Idempotency-Key: again, up to 3 times
+    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/upscale"] + ["POST /v1/jobs"] * 3
+    assert keys[:3] == ["", "", ""] and len(set(keys[3:])) == 1 and len(keys[3]) == 32
 
     async def in_asyncio() -> None:
         async with AsyncClient(url, retry=retry) as sr:
             assert await sr.models() == []
             with pytest.raises(SuperresError):
-                await sr.submit(encode(noise(8, 8)))
+                await sr.upscale(encode(noise(8, 8)))
+            with pytest.raises(SuperresError):
+                await sr.submit(encode(noise(8, 8)), idempotency_key="mine")
 
     seen.clear()
+    keys.clear()
     asyncio.run(in_asyncio())
-    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/jobs"]
+    assert seen == ["GET /v1/models"] * 2 + ["POST /v1/upscale"] + ["POST /v1/jobs"] * 3
+    assert keys[3:] == ["mine"] * 3
+
+
+def test_submitting_again_with_the_same_idempotency_key_is_the_same_job(serve_app) -> None:
+    image = encode(noise(8, 8, seed=58))
+    with Client(serve_app.url) as sr:
+        first = sr.submit(image, idempotency_key="sdk-repeat-58")
+        again = sr.submit(image, idempotency_key="sdk-repeat-58")
+        other = sr.submit(image)  # a key of its own
+        assert first.id == again.id != other.id
+        first.wait(timeout=120)
+        other.wait(timeout=120)
 
 
 def test_a_refused_connection_is_retried_then_reported() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,7 +27,8 @@ Operation = Literal["upscale", "face-enhance"]
 ImageInput = str | Path | bytes  # a file path, an http(s) URL, or the image itself
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRIED = (429, 503)
-# sent again after a connection lost before the answer (a node and its proxy going away)
+# sent again after a connection lost before the answer (a node and its proxy going away), as is
+# a request with an Idempotency-Key (the service answers a repeat with what it did the first time)
 SAFE_TO_REPEAT = frozenset({"GET", "HEAD", "OPTIONS"})
 _OPTIONS: dict[str, type[BaseModel]] = {
     "upscale": UpscaleOptions,
@@ -89,19 +91,30 @@ def read_image(image: ImageInput) -> tuple[str, bytes]:
 
 
 def job_request(
-    image: ImageInput, operation: str, options: dict[str, Any], webhook_url: str | None
+    image: ImageInput,
+    operation: str,
+    options: dict[str, Any],
+    webhook_url: str | None,
+    idempotency_key: str | None,
 ) -> dict[str, Any]:
-    """The keyword arguments of ``httpx`` for ``POST /v1/jobs``."""
+    """The keyword arguments of ``httpx`` for ``POST /v1/jobs``, with an ``Idempotency-Key`` (a
+    random one if None), so that sending it again cannot make a second job."""
+    headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
     if is_url(image):
         body: dict[str, Any] = {"operation": operation, "options": options, "image_url": image}
         if webhook_url:
             body["webhook_url"] = webhook_url
-        return {"json": body}
+        return {"json": body, "headers": headers}
     name, data = read_image(image)
     fields = {"operation": operation, "options": json.dumps(options)}
     if webhook_url:
         fields["webhook_url"] = webhook_url
-    return {"data": fields, "files": {"file": (name, data)}}
+    return {"data": fields, "files": {"file": (name, data)}, "headers": headers}
+
+
+def repeatable(method: str, headers: dict[str, str] | None) -> bool:
+    """Whether a request that got no answer may be sent again (``SAFE_TO_REPEAT``)."""
+    return method.upper() in SAFE_TO_REPEAT or "Idempotency-Key" in (headers or {})
 
 
 @dataclass(frozen=True)
@@ -123,16 +136,16 @@ class Retry:
         wait = hint if hint is not None else self.backoff_s * 2**attempt
         return min(wait, self.max_delay_s)
 
-    def delay_after(self, attempt: int, method: str, error: httpx.HTTPError) -> float | None:
+    def delay_after(self, attempt: int, error: httpx.HTTPError, repeatable: bool) -> float | None:
         """Seconds to wait before sending again a request that got no answer, or None to give up:
-        any request whose connection was refused (nothing was sent), and a GET, HEAD or OPTIONS
+        any request whose connection was refused (nothing was sent), and a ``repeatable`` one
         whose connection was lost before the answer; never one that timed out (the caller's
-        limit) or a POST that may have arrived."""
+        limit) or a plain POST that may have arrived."""
         if attempt + 1 >= self.attempts:
             return None
         refused = isinstance(error, httpx.ConnectError)
         lost = isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError))
-        if not (refused or (lost and method.upper() in SAFE_TO_REPEAT)):
+        if not (refused or (lost and repeatable)):
             return None
         return min(self.backoff_s * 2**attempt, self.max_delay_s)
 

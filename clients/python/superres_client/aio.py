@@ -106,7 +106,8 @@ class AsyncClient:
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                delay = self.retry.delay_after(attempt, method, exc)
+                again = c.repeatable(method, kwargs.get("headers"))
+                delay = self.retry.delay_after(attempt, exc, again)
                 if delay is None:
                     raise c.transport_error(exc) from exc
                 await asyncio.sleep(delay)
@@ -150,15 +151,21 @@ class AsyncClient:
         operation: c.Operation = "upscale",
         *,
         webhook_url: str | None = None,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> AsyncJob:
         checked = c.checked_options(operation, options)
-        return await self._submit(image, operation, checked, webhook_url)
+        return await self._submit(image, operation, checked, webhook_url, idempotency_key)
 
     async def _submit(
-        self, image: c.ImageInput, operation: str, options: dict[str, Any], webhook: str | None
+        self,
+        image: c.ImageInput,
+        operation: str,
+        options: dict[str, Any],
+        webhook: str | None,
+        key: str | None = None,
     ) -> AsyncJob:
-        request = c.job_request(image, operation, options, webhook)
+        request = c.job_request(image, operation, options, webhook, key)
         body = await self._json("POST", "/v1/jobs", **request)
         return AsyncJob(self, JobView.model_validate(body))
 

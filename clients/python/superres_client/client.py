@@ -137,7 +137,8 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                delay = self.retry.delay_after(attempt, method, exc)
+                again = c.repeatable(method, kwargs.get("headers"))
+                delay = self.retry.delay_after(attempt, exc, again)
                 if delay is None:
                     raise c.transport_error(exc) from exc
                 time.sleep(delay)
@@ -186,15 +187,25 @@ class Client:
         operation: c.Operation = "upscale",
         *,
         webhook_url: str | None = None,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> Job:
-        """Create a job (``POST /v1/jobs``) and return it at once."""
-        return self._submit(image, operation, c.checked_options(operation, options), webhook_url)
+        """Create a job (``POST /v1/jobs``) and return it at once. ``idempotency_key`` (random
+        if None) makes a repeat of this call return the same job, also after a lost connection."""
+        checked = c.checked_options(operation, options)
+        return self._submit(image, operation, checked, webhook_url, idempotency_key)
 
     def _submit(
-        self, image: c.ImageInput, operation: str, options: dict[str, Any], webhook: str | None
+        self,
+        image: c.ImageInput,
+        operation: str,
+        options: dict[str, Any],
+        webhook: str | None,
+        key: str | None = None,
     ) -> Job:
-        body = self._json("POST", "/v1/jobs", **c.job_request(image, operation, options, webhook))
+        body = self._json(
+            "POST", "/v1/jobs", **c.job_request(image, operation, options, webhook, key)
+        )
         return Job(self, JobView.model_validate(body))
 
     def job(self, job_id: str) -> Job:
