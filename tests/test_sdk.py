@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -123,6 +124,23 @@ def test_models_stats_and_jobs(serve_app) -> None:
         assert job.id in {j.id for j in sr.jobs("all")}
 
 
+class Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on 127.0.0.1, in threads; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def stub() -> Iterator[tuple[str, list[float], list[str]]]:
     """A server on 127.0.0.1: ``/v1/models`` answers 503 (Retry-After: 1) then 200;
@@ -131,7 +149,7 @@ def stub() -> Iterator[tuple[str, list[float], list[str]]]:
     seen: list[float] = []
     agents: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Quiet):
         def do_GET(self) -> None:
             seen.append(time.monotonic())
             agents.append(self.headers.get("user-agent", ""))
@@ -145,15 +163,8 @@ def stub() -> Iterator[tuple[str, list[float], list[str]]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen, agents
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield url, seen, agents
 
 
 def test_retries_503_after_retry_after(stub) -> None:
@@ -185,7 +196,7 @@ def dropping() -> Iterator[tuple[str, list[str], list[str]]]:
     seen: list[str] = []
     keys: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(Quiet):
         def handle_one_request(self) -> None:
             super().handle_one_request()
             self.close_connection = True
@@ -203,15 +214,8 @@ def dropping() -> Iterator[tuple[str, list[str], list[str]]]:
 
         do_GET = do_POST = answer
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen, keys
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield url, seen, keys
 
 
 def test_a_lost_connection_repeats_only_what_is_safe_to_repeat(dropping) -> None:
