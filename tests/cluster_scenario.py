@@ -126,8 +126,7 @@ def main(workdir: Path) -> dict[str, Any]:
         from serve_app.app import AppArgs, build
 
         wait(lambda: _connect(ray, port), 90, "the head")
-        # once the head answers
-        worker = start_node(*worker_args, env=env, log=workdir / "worker.log")
+        worker = start_node(*worker_args, env=env, log=workdir / "worker.log")  # head answers
         wait(lambda: ray.cluster_resources().get("upscaler_node"), 60, "the second node")
         weights = workdir / "tiny-x4.safetensors"
         sha = save_tiny_compact(weights, scale=4)
@@ -230,9 +229,9 @@ def log_tails(workdir: Path, ray_tmp: Path, lines: int = 25) -> str:
     found = []
     for path in paths:
         text = ANSI.sub("", path.read_text(errors="replace"))
-        # ray start's banner ends where --block begins: only what it said since is news
-        news = text.rpartition("Process exit logs will be saved to")[2].splitlines()[1:]
-        tail = (news if path.parent == workdir else text.splitlines())[-lines:]
+        if path.parent == workdir:  # ray start's banner ends where --block begins: skip it
+            text = text.rpartition("Process exit logs will be saved to")[2].partition("\n")[2]
+        tail = text.splitlines()[-lines:]
         found.append(f"--- {path.name} ({path.parent})\n" + ("\n".join(tail) or "(nothing)"))
     return "\n".join(found) or f"no logs in {workdir} or under {ray_tmp}"
 
